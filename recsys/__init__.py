@@ -1,0 +1,1 @@
+"""Shared glue of the platform: configuration, the state directory, ingest, batch features and the CLI."""

@@ -1,0 +1,77 @@
+"""The one state directory every stage reads from and writes to.
+
+Layout (all paths below ``root``)::
+
+    datasets/<dataset_version>/   immutable ingest snapshot: interaction_events, items, users,
+                                  quarantine (Parquet) and manifest.json
+    datasets/LATEST               the newest dataset_version, one line
+    splits/<dataset_version>/     train / validation / test events (Parquet)
+    offline/                      Feast offline store: batch feature tables (Parquet)
+    feast/                        Feast registry and the SQLite online store
+    mlflow/                       MLflow tracking database and artefacts
+    evaluation/<dataset_version>/ metrics.json and the printed table
+    drift/<dataset_version>/      Evidently HTML report and drift.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MissingStateError(RuntimeError):
+    """A stage needs the output of an earlier stage that has not run."""
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    def dataset(self, version: str) -> Path:
+        return self.datasets / version
+
+    def latest_dataset_version(self) -> str:
+        pointer = self.datasets / "LATEST"
+        if not pointer.exists():
+            raise MissingStateError(f"no dataset under {self.datasets}: run `recsys ingest` first")
+        return pointer.read_text().strip()
+
+    def resolve_version(self, version: str | None) -> str:
+        """The given dataset version, checked to exist, or the latest one."""
+        chosen = version or self.latest_dataset_version()
+        if not (self.dataset(chosen) / "manifest.json").exists():
+            raise MissingStateError(f"dataset version {chosen!r} not found under {self.datasets}")
+        return chosen
+
+    def splits(self, version: str) -> Path:
+        return self.root / "splits" / version
+
+    @property
+    def offline(self) -> Path:
+        return self.root / "offline"
+
+    @property
+    def feast(self) -> Path:
+        return self.root / "feast"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow / "artifacts"
+
+    def evaluation(self, version: str) -> Path:
+        return self.root / "evaluation" / version
+
+    def drift(self, version: str) -> Path:
+        return self.root / "drift" / version
