@@ -92,7 +92,9 @@ class DriftConfig(_Frozen):
 
 
 class PipelineConfig(_Frozen):
-    state_dir: Path = Field(default_factory=lambda: Path(os.environ.get("RECSYS_STATE_DIR", REPO_ROOT / ".state")))
+    state_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("RECSYS_STATE_DIR", REPO_ROOT / ".state"))
+    )
     ingest: IngestConfig = IngestConfig()
     features: FeaturesConfig = FeaturesConfig()
     split: SplitConfig = SplitConfig()

@@ -1,0 +1,1 @@
+"""Offline evaluation: the per-user temporal split and ranking metrics against baselines."""

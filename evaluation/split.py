@@ -1,0 +1,140 @@
+"""Per-user temporal split of the event log into train, validation and test.
+
+Each user's events are ordered by (event_ts, event_id); the newest ``test_fraction`` go to test, the
+``validation_fraction`` before them to validation, the rest to train. Every held-out event of a user
+therefore comes after all of that user's training events, as it would in production. Users with fewer
+than ``min_user_events`` events stay wholly in train, and every user keeps at least one training event.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from recsys.config import PipelineConfig, SplitConfig
+from recsys.ingest.schema import EVENTS_SCHEMA, to_arrow, to_pandas
+from recsys.state import MissingStateError, StateDir
+
+PARTS: tuple[str, ...] = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Three disjoint event frames (columns of ``interaction_events``), each sorted by user and time."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """Row counts of a split; ``created`` is False when it already existed."""
+
+    dataset_version: str
+    created: bool
+    n_train: int
+    n_validation: int
+    n_test: int
+    path: Path
+
+
+def holdout_counts(n_events: np.ndarray, cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, how many of the newest events go to test and to validation.
+
+    Both counts round up, then shrink (validation first) so that at least one training event remains.
+
+    >>> test, val = holdout_counts(np.array([2, 5, 10, 3]), SplitConfig(test_fraction=0.2,
+    ...     validation_fraction=0.1, min_user_events=3))
+    >>> test.tolist(), val.tolist()
+    ([0, 1, 2, 1], [0, 1, 1, 1])
+    """
+    n = np.asarray(n_events, dtype=np.int64)
+    eligible = n >= cfg.min_user_events
+    n_test = np.where(eligible, np.ceil(n * cfg.test_fraction), 0).astype(np.int64)
+    n_val = np.where(eligible, np.ceil(n * cfg.validation_fraction), 0).astype(np.int64)
+    n_test = np.minimum(n_test, np.maximum(n - 1, 0))
+    n_val = np.minimum(n_val, np.maximum(n - 1 - n_test, 0))
+    return n_test, n_val
+
+
+def temporal_split(events: pd.DataFrame, cfg: SplitConfig) -> Split:
+    """Split ``events`` per user by time; pure (no IO), deterministic for ties via ``event_id``."""
+    ordered = events.sort_values(["user_id", "event_ts", "event_id"], kind="stable").reset_index(drop=True)
+    position = ordered.groupby("user_id", sort=False).cumcount().to_numpy()
+    n_user = ordered.groupby("user_id", sort=False)["user_id"].transform("size").to_numpy()
+    n_test, n_val = holdout_counts(n_user, cfg)
+    from_end = n_user - position  # 1 for the newest event of each user
+    is_test = from_end <= n_test
+    is_val = ~is_test & (from_end <= n_test + n_val)
+    is_train = ~(is_test | is_val)
+    return Split(
+        train=ordered[is_train].reset_index(drop=True),
+        validation=ordered[is_val].reset_index(drop=True),
+        test=ordered[is_test].reset_index(drop=True),
+    )
+
+
+def write_split(state: StateDir, version: str, split: Split) -> Path:
+    """Write the three parts as Parquet under ``splits/<version>/`` (atomically; never overwrites)."""
+    target = state.splits(version)
+    if all((target / f"{part}.parquet").exists() for part in PARTS):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{version}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        for part in PARTS:
+            pq.write_table(to_arrow(getattr(split, part), EVENTS_SCHEMA), tmp / f"{part}.parquet")
+        if target.exists():  # a partial directory from an interrupted run predating atomic writes
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except OSError:
+        if not all((target / f"{part}.parquet").exists() for part in PARTS):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_split(state: StateDir, version: str) -> Split:
+    """The split of a dataset version, as written by :func:`write_split`."""
+    folder = state.splits(version)
+    frames: dict[str, pd.DataFrame] = {}
+    for part in PARTS:
+        path = folder / f"{part}.parquet"
+        if not path.exists():
+            raise MissingStateError(f"{path} not found: run the split for dataset {version} first")
+        frames[part] = to_pandas(pq.read_table(path, schema=EVENTS_SCHEMA))
+    return Split(train=frames["train"], validation=frames["validation"], test=frames["test"])
+
+
+def run_split(config: PipelineConfig, dataset_version: str | None = None) -> SplitSummary:
+    """Split a dataset version (default: the latest) and write it; a second run reuses the files."""
+    from rich.console import Console
+
+    from recsys.ingest.snapshot import load_table
+
+    state = StateDir(config.state_dir)
+    version = state.resolve_version(dataset_version)
+    folder = state.splits(version)
+    created = not all((folder / f"{part}.parquet").exists() for part in PARTS)
+    console = Console(stderr=True)
+    if created:
+        with console.status(f"splitting dataset {version} per user by time"):
+            write_split(
+                state, version, temporal_split(load_table(state, version, "interaction_events"), config.split)
+            )
+    counts = {part: pq.ParquetFile(folder / f"{part}.parquet").metadata.num_rows for part in PARTS}
+    console.print(
+        f"split {version}: train {counts['train']:,}, "
+        f"validation {counts['validation']:,}, test {counts['test']:,}"
+    )
+    return SplitSummary(version, created, counts["train"], counts["validation"], counts["test"], folder)
