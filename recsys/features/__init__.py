@@ -1,0 +1,5 @@
+"""Batch features: the PySpark snapshot job, the Feast store around it, and the `features` stage.
+
+Modules: ``schema`` (table layouts and weights), ``schedule`` (snapshot times), ``batch`` (the Spark job),
+``store`` (Feast), ``stage`` (``run_features``). Nothing heavy is imported here.
+"""

@@ -1,0 +1,256 @@
+"""The Feast feature store of one state directory, built in code, and the reads training and serving do.
+
+The store built here and `feast` run at the repository root (``feature_store.yaml``) share one registry
+and one online store under ``<state>/feast/``. Feature sets are always named by feature service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+import weakref
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from recsys.state import StateDir
+
+if TYPE_CHECKING:
+    import feast
+    import pandas as pd
+
+    from recsys.config import FeaturesConfig
+
+PROJECT = "recsys"
+ENTITY_KEYS = ("user_id", "item_id")
+EVENT_TIMESTAMP = "event_timestamp"
+_REFS: weakref.WeakKeyDictionary[Any, dict[tuple[str, frozenset[str]], list[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+# Materialisation reads snapshot rows from here on; the tables hold nothing older.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class FeatureRequestError(ValueError):
+    """A feature request that names no usable entities, an unknown service, or malformed rows."""
+
+
+def redis_connection_string(url: str) -> str:
+    """Feast's ``host:port,db=N,...`` form of a ``redis://`` or ``rediss://`` URL.
+
+    >>> redis_connection_string("redis://:secret@cache:6380/2")
+    'cache:6380,db=2,password=secret'
+    >>> redis_connection_string("redis://127.0.0.1:6379")
+    '127.0.0.1:6379,db=0'
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise FeatureRequestError(f"redis_url must look like redis://host:port/db, got {url!r}")
+    db = parts.path.lstrip("/") or "0"
+    if not db.isdigit():
+        raise FeatureRequestError(f"redis_url database must be a number, got {db!r}")
+    fields = [f"{parts.hostname}:{parts.port or 6379}", f"db={db}"]
+    if parts.username:
+        fields.append(f"username={unquote(parts.username)}")
+    if parts.password:
+        fields.append(f"password={unquote(parts.password)}")
+    if parts.scheme == "rediss":
+        fields.append("ssl=true")
+    return ",".join(fields)
+
+
+def build_store(state: StateDir, cfg: FeaturesConfig) -> feast.FeatureStore:
+    """A Feast store whose registry, online store and offline tables all live under ``state``.
+
+    Also points ``RECSYS_STATE_DIR`` at ``state.root``, so that ``feature_repo`` modules imported later in
+    this process, and `feast` commands it starts, describe the same tables.
+    """
+    from feast import FeatureStore, RepoConfig
+    from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+    from feast.repo_config import MaterializationConfig, RegistryConfig
+
+    state.feast.mkdir(parents=True, exist_ok=True)
+    os.environ["RECSYS_STATE_DIR"] = str(state.root.absolute())
+    online: Any
+    if cfg.online_store == "redis":
+        online = RedisOnlineStoreConfig(connection_string=redis_connection_string(cfg.redis_url))
+    else:
+        online = SqliteOnlineStoreConfig(path=str(state.feast / "online.db"))
+    config = RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry=RegistryConfig(
+            registry_type="file", path=str(state.feast / "registry.db"), cache_ttl_seconds=60
+        ),
+        online_store=online,
+        offline_store=DuckDBOfflineStoreConfig(),
+        materialization=MaterializationConfig(pull_latest_features=True),
+        entity_key_serialization_version=3,
+        repo_path=state.root.absolute(),
+    )
+    return FeatureStore(config=config)
+
+
+def _definitions(offline_dir: Path) -> list[Any]:
+    """The feature_repo objects, with their file sources pointed at ``offline_dir``.
+
+    The modules fix their source paths when first imported; a process may build stores for several state
+    directories, so the sources are re-pointed here rather than trusted.
+    """
+    from feast import FeatureView, FileSource
+
+    from feature_repo import data_sources, entities, feature_services, feature_views
+
+    sources: dict[str, FileSource] = {}
+    for source in (data_sources.user_features_source, data_sources.item_features_source):
+        moved = FileSource.from_proto(source.to_proto())
+        moved.file_options.uri = str(offline_dir / Path(source.path).name)
+        sources[source.name] = moved
+    views = []
+    for view in (feature_views.user_stats, feature_views.item_stats):
+        assert view.batch_source is not None
+        proto = view.to_proto()
+        proto.spec.batch_source.CopyFrom(sources[view.batch_source.name].to_proto())
+        views.append(FeatureView.from_proto(proto))
+    return [
+        entities.user,
+        entities.item,
+        *sources.values(),
+        *views,
+        feature_services.two_tower_v1,
+        feature_services.ranker_v1,
+    ]
+
+
+def apply_definitions(store: feast.FeatureStore) -> None:
+    """Register the feature_repo entities, sources, views and services (idempotent)."""
+    store.apply(_definitions(_offline_dir(store)))
+
+
+def _offline_dir(store: feast.FeatureStore) -> Path:
+    if store.config.repo_path is None:
+        raise FeatureRequestError("the store was not built by build_store: it has no state directory")
+    return StateDir(Path(store.config.repo_path)).offline
+
+
+@contextlib.contextmanager
+def _quiet_offline_store() -> Iterator[None]:
+    """Hide the deprecation notice ibis 12 prints on every DuckDB query; it is not ours to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fetch_arrow_table.*", category=DeprecationWarning)
+        yield
+
+
+def materialize(store: feast.FeatureStore, end: datetime) -> None:
+    """Load each entity's newest snapshot with ``feature_ts <= end`` into the online store."""
+    with _quiet_offline_store():
+        store.materialize(start_date=_EPOCH, end_date=end)
+
+
+def _service_refs(store: feast.FeatureStore, service_name: str, keys: set[str]) -> list[str]:
+    """``view:feature`` references of a service, limited to the views whose join keys are all in ``keys``.
+
+    So an item-only request to ``two_tower_v1`` returns the item tower's features. Published services do
+    not change (a change is a new version), so the answer is kept per store: resolving it from the
+    registry costs more than an online read.
+    """
+    cache = _REFS.setdefault(store, {})
+    cache_key = (service_name, frozenset(keys))
+    if cache_key not in cache:
+        cache[cache_key] = _resolve_refs(store, service_name, keys)
+    return cache[cache_key]
+
+
+def _resolve_refs(store: feast.FeatureStore, service_name: str, keys: set[str]) -> list[str]:
+    from feast.errors import FeatureServiceNotFoundException
+
+    try:
+        service = store.get_feature_service(service_name)
+    except FeatureServiceNotFoundException as err:
+        raise FeatureRequestError(f"unknown feature service {service_name!r}: run `recsys features`") from err
+    refs: list[str] = []
+    for projection in service.feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        if {column.name for column in view.entity_columns} <= keys:
+            view_name = projection.name_alias or projection.name
+            refs.extend(f"{view_name}:{feature.name}" for feature in projection.features)
+    if not refs:
+        raise FeatureRequestError(
+            f"feature service {service_name!r} needs one of {list(ENTITY_KEYS)}, got columns {sorted(keys)}"
+        )
+    return refs
+
+
+def historical_features(
+    store: feast.FeatureStore, entity_df: pd.DataFrame, service_name: str
+) -> pd.DataFrame:
+    """Point-in-time features for each row: the newest snapshot with ``feature_ts <= event_timestamp``.
+
+    Args:
+        store: From ``build_store``.
+        entity_df: ``user_id`` and/or ``item_id`` (strings) and ``event_timestamp``; other columns pass
+            through.
+        service_name: A feature service, e.g. ``ranker_v1``.
+
+    Returns:
+        ``entity_df``'s columns (index reset) plus the service's features for the entities present, same
+        rows in the same order; features are missing (NaN/None) where the entity had no snapshot yet.
+    """
+    import pandas as pd
+
+    keys = [key for key in ENTITY_KEYS if key in entity_df.columns]
+    if EVENT_TIMESTAMP not in entity_df.columns:
+        raise FeatureRequestError(f"entity_df needs an {EVENT_TIMESTAMP!r} column")
+    for key in keys:
+        if entity_df[key].isna().any() or not pd.api.types.is_string_dtype(entity_df[key]):
+            raise FeatureRequestError(f"entity_df column {key!r} must hold non-null strings")
+    refs = _service_refs(store, service_name, set(keys))
+    timestamps = pd.to_datetime(entity_df[EVENT_TIMESTAMP], utc=True)
+    if timestamps.isna().any():
+        raise FeatureRequestError(f"entity_df column {EVENT_TIMESTAMP!r} has missing values")
+
+    # Feast sorts by time and collapses rows with equal keys and time: ask once per distinct pair, then
+    # spread the answers back over the original rows in their original order.
+    query = pd.DataFrame({key: entity_df[key].to_numpy() for key in keys})
+    query[EVENT_TIMESTAMP] = timestamps.array
+    distinct = query.drop_duplicates(ignore_index=True)
+    with _quiet_offline_store():
+        found = store.get_historical_features(entity_df=distinct, features=refs).to_df()
+    found[EVENT_TIMESTAMP] = pd.to_datetime(found[EVENT_TIMESTAMP], utc=True)
+    names = [ref.split(":", 1)[1] for ref in refs]
+    joined = query.merge(found[[*keys, EVENT_TIMESTAMP, *names]], on=[*keys, EVENT_TIMESTAMP], how="left")
+    if len(joined) != len(entity_df):
+        raise RuntimeError(f"feature retrieval returned {len(joined)} rows for {len(entity_df)}")
+    result = entity_df.reset_index(drop=True).copy()
+    for name in names:
+        result[name] = joined[name].to_numpy()
+    return result
+
+
+def online_features(
+    store: feast.FeatureStore, service_name: str, entity_rows: list[dict[str, Any]]
+) -> pd.DataFrame:
+    """The online store's newest features for each entity row, in the order given.
+
+    Args:
+        store: From ``build_store``, after ``materialize``.
+        service_name: A feature service, e.g. ``two_tower_v1``.
+        entity_rows: Dicts with ``user_id`` and/or ``item_id``; all rows must have the same keys.
+
+    Returns:
+        One row per entity row: the keys, then the features (None where the entity is unknown).
+    """
+    if not entity_rows:
+        raise FeatureRequestError("entity_rows is empty")
+    keys = set(entity_rows[0])
+    if any(set(row) != keys for row in entity_rows):
+        raise FeatureRequestError("every entity row must have the same keys")
+    refs = _service_refs(store, service_name, keys & set(ENTITY_KEYS))
+    frame = store.get_online_features(features=refs, entity_rows=entity_rows).to_df()
+    names = [ref.split(":", 1)[1] for ref in refs]
+    return frame[[key for key in ENTITY_KEYS if key in keys] + names]
