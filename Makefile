@@ -53,5 +53,8 @@ format: setup  ## apply ruff formatting and safe fixes
 typecheck: setup  ## mypy
 	$(BIN)/mypy .
 
+bench: setup  ## measure serving latency against a running `make serve` (writes benchmarks/results/)
+	$(BIN)/python benchmarks/serve_latency.py --config $(CONFIG)
+
 clean:  ## remove the state directory (datasets, features, models, reports)
 	rm -rf $(RECSYS_STATE_DIR)

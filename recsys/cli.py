@@ -141,13 +141,12 @@ def serve(config: Path | None = ConfigOption, set_: list[str] | None = SetOption
 @app.command()
 def pipeline(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
     """Run every offline stage in order: ingest, split, features, train, index, evaluate, drift."""
-    from training.index_stage import run_index
-
     from evaluation.evaluate import run_evaluate
     from evaluation.split import run_split
     from monitoring.drift import run_drift
     from recsys.features.stage import run_features
     from recsys.ingest.stage import run_ingest
+    from training.index_stage import run_index
     from training.stage import run_train
 
     cfg = _config(config, set_)

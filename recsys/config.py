@@ -58,6 +58,8 @@ class TwoTowerConfig(_Frozen):
     learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-6, ge=0)
     temperature: float = Field(default=0.1, gt=0)
+    # Subtract log item frequency from in-batch logits so popular items are not over-penalised as negatives.
+    logq_correction: bool = True
     num_workers: int = Field(default=1, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     seed: int = 0

@@ -9,6 +9,7 @@ Layout (all paths below ``root``)::
     offline/                      Feast offline store: batch feature tables (Parquet)
     feast/                        Feast registry and the SQLite online store
     mlflow/                       MLflow tracking database and artefacts
+    ray/                          Ray Train run storage while a training job runs
     evaluation/<dataset_version>/ metrics.json and the printed table
     drift/<dataset_version>/      Evidently HTML report and drift.json
 """
@@ -69,6 +70,11 @@ class StateDir:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.mlflow / "artifacts"
+
+    @property
+    def ray(self) -> Path:
+        """Ray Train's run storage (checkpoints); removed after a run is registered in MLflow."""
+        return self.root / "ray"
 
     def evaluation(self, version: str) -> Path:
         return self.root / "evaluation" / version

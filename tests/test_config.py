@@ -12,7 +12,7 @@ def test_defaults_validate_and_are_frozen() -> None:
     assert config.features.online_store == "sqlite"
     assert config.serve.max_k == 100
     with pytest.raises(ValueError):
-        config.two_tower.epochs = 3  # type: ignore[misc]
+        config.two_tower.epochs = 3
 
 
 def test_yaml_and_overrides_compose(tmp_path: Path) -> None:

@@ -1,0 +1,182 @@
+"""The user's path: `recsys pipeline` on a MovieLens sample, then `recsys serve`, called over real HTTP.
+
+One pipeline run and one server back every test here: they are the slowest things in the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pandas as pd
+import pytest
+
+from recsys.config import REPO_ROOT
+from recsys.state import StateDir
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RECSYS = [sys.executable, "-m", "recsys"]
+CONFIG = "configs/small.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    state: StateDir
+    version: str
+    events: pd.DataFrame
+    catalogue: set[str]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    state_dir = tmp_path_factory.mktemp("e2e") / "state"
+    env = {**os.environ, "RECSYS_STATE_DIR": str(state_dir)}
+    proc = subprocess.run(
+        [*RECSYS, "pipeline", "--config", CONFIG],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    state = StateDir(state_dir)
+    version = state.latest_dataset_version()
+    events = pd.read_parquet(
+        state.dataset(version) / "interaction_events.parquet", columns=["user_id", "item_id"]
+    )
+    catalogue = set(pd.read_parquet(state.dataset(version) / "items.parquet", columns=["item_id"])["item_id"])
+    return Pipeline(state, version, events, catalogue)
+
+
+@pytest.fixture(scope="module")
+def server(pipeline: Pipeline) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "RECSYS_STATE_DIR": str(pipeline.state.root)}
+    proc = subprocess.Popen(
+        [*RECSYS, "serve", "--config", CONFIG, "--set", f"serve.port={port}"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"recsys serve exited early: {proc.stderr.read()[-4000:] if proc.stderr else ''}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("recsys serve did not become healthy within 240 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_pipeline_writes_every_stage_output(pipeline: Pipeline) -> None:
+    manifest = json.loads((pipeline.state.dataset(pipeline.version) / "manifest.json").read_text())
+    assert manifest["dataset_version"] == pipeline.version
+    metrics = json.loads((pipeline.state.evaluation(pipeline.version) / "metrics.json").read_text())
+    assert {"popularity", "retrieval", "retrieval+ranking"} <= set(metrics["models"])
+    drift = json.loads((pipeline.state.drift(pipeline.version) / "drift.json").read_text())
+    assert isinstance(drift["drift_detected"], bool)
+    assert (pipeline.state.drift(pipeline.version) / "report.html").stat().st_size > 10_000
+
+
+def test_rerunning_the_pipeline_changes_nothing(pipeline: Pipeline) -> None:
+    metrics = pipeline.state.evaluation(pipeline.version) / "metrics.json"
+    before = metrics.read_bytes()
+    env = {**os.environ, "RECSYS_STATE_DIR": str(pipeline.state.root)}
+    proc = subprocess.run(
+        [*RECSYS, "train", "--config", CONFIG],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "skipped=True" in proc.stderr.replace(" ", "")
+    assert metrics.read_bytes() == before
+
+
+def test_healthz_names_the_registered_champions(pipeline: Pipeline, server: str) -> None:
+    from training.registry import champion_version
+
+    body = httpx.get(f"{server}/healthz", timeout=10).json()
+    retrieval = champion_version(pipeline.state, "recsys-two-tower")
+    ranking = champion_version(pipeline.state, "recsys-ranker")
+    assert retrieval is not None and ranking is not None
+    assert body == {
+        "status": "ok",
+        "model_version": {"retrieval": str(retrieval.version), "ranking": str(ranking.version)},
+    }
+
+
+def test_known_user_gets_k_ranked_unseen_items(pipeline: Pipeline, server: str) -> None:
+    user = str(pipeline.events["user_id"].value_counts().index[0])
+    response = httpx.post(f"{server}/recommend", json={"user_id": user, "k": 10, "device": "tv"}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["fallback"] is False, body["fallback_reason"]
+    assert body["request_id"] and body["model_version"]["ranking"] is not None
+    ids = [item["item_id"] for item in body["items"]]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert set(ids) <= pipeline.catalogue
+    seen = set(pipeline.events.loc[pipeline.events["user_id"] == user, "item_id"])
+    assert not set(ids) & seen
+    scores = [item["score"] for item in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert [item["position"] for item in body["items"]] == list(range(1, 11))
+
+
+def test_unknown_user_gets_popularity_fallback(server: str) -> None:
+    response = httpx.post(f"{server}/recommend", json={"user_id": "no-such-user", "k": 5}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["fallback"] is True and body["fallback_reason"] == "unknown_user"
+    assert len(body["items"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"{not json", "body: invalid JSON"),
+        (b'{"user_id": "1", "k": 0}', "k: Input should be greater than or equal to 1"),
+        (b'{"user_id": "1", "k": 101}', "k: Input should be less than or equal to 100"),
+        (b'{"user_id": "1", "k": 10, "colour": "red"}', "colour: Extra inputs are not permitted"),
+        (b'{"k": 10}', "user_id: Field required"),
+    ],
+)
+def test_bad_requests_get_a_readable_422(server: str, payload: bytes, error: str) -> None:
+    response = httpx.post(
+        f"{server}/recommend", content=payload, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith(error)
+    assert "Traceback" not in response.text

@@ -1,0 +1,66 @@
+"""The Serve deployment graph in Serve's local testing mode: real deployments and handles, in-process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from test_serving_api import BrokenRanker, stages
+
+from recsys.config import PipelineConfig, ServeConfig
+from recsys.state import MissingStateError, StateDir
+from serving.stages import RankingStage, RetrievalStage
+
+
+def retrieval_stage() -> RetrievalStage:
+    return stages()[0]
+
+
+def ranking_stage() -> RankingStage:
+    return stages()[1]
+
+
+def broken_ranking_stage() -> RankingStage:
+    return stages(BrokenRanker())[1]
+
+
+@pytest.fixture(scope="module")
+def serve_module() -> Any:
+    """Ray Serve, imported only by the tests that use it; local testing mode starts no cluster."""
+    from ray import serve
+
+    return serve
+
+
+def test_graph_composes_retrieval_and_ranking(serve_module: Any) -> None:
+    from serving.app import build_graph
+
+    settings = ServeConfig(n_candidates=10, max_k=20)
+    handle = serve_module.run(build_graph(retrieval_stage, ranking_stage, settings), _local_testing_mode=True)
+    body = handle.recommend.remote({"user_id": "u1", "k": 3}).result()
+    assert [item["item_id"] for item in body["items"]] == ["i11", "i10", "i9"]
+    assert body["model_version"] == {"retrieval": "7", "ranking": "3"} and body["fallback"] is False
+    unknown = handle.recommend.remote({"user_id": "stranger", "k": 2}).result()
+    assert [item["item_id"] for item in unknown["items"]] == ["i29", "i28"]
+    assert unknown["fallback_reason"] == "unknown_user"
+    assert handle.healthz.remote().result()["status"] == "ok"
+
+
+def test_graph_falls_back_to_retrieval_order_when_ranking_fails(serve_module: Any) -> None:
+    from serving.app import build_graph
+
+    settings = ServeConfig(n_candidates=10, max_k=20)
+    app = build_graph(retrieval_stage, broken_ranking_stage, settings)
+    handle = serve_module.run(app, _local_testing_mode=True)
+    body = handle.recommend.remote({"user_id": "u1", "k": 2}).result()
+    assert [item["item_id"] for item in body["items"]] == ["i1", "i3"]
+    assert body["fallback_reason"] == "ranking_failed"
+
+
+def test_serving_without_champions_fails_in_one_readable_line(state: StateDir) -> None:
+    from serving.app import app_from_env, check_champions
+
+    with pytest.raises(MissingStateError, match=r"no champion for 'recsys-two-tower'.*run `recsys train`"):
+        check_champions(PipelineConfig(state_dir=state.root))
+    with pytest.raises(MissingStateError, match="no champion"):
+        app_from_env({"state_dir": str(state.root)})

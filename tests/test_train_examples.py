@@ -1,0 +1,69 @@
+"""Pure training-data preparation: positives, vocabularies, labels, popularity, snapshot flooring."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from training.candidates import floor_to_snapshots, sorted_by_user
+from training.examples import (
+    candidate_labels,
+    items_by_user,
+    lookup,
+    popularity,
+    positives,
+    vocabulary,
+    window_starts,
+)
+
+EVENTS = pd.DataFrame(
+    {
+        "user_id": ["1", "1", "2", "2", "3"],
+        "item_id": ["a", "b", "a", "c", "a"],
+        "event_type": ["like", "skip", "like", "purchase", "view"],
+        "event_ts": pd.to_datetime(
+            ["2000-01-05", "2000-01-02", "2000-03-01", "2000-02-01", "2000-01-01"], utc=True
+        ),
+    }
+)
+
+
+def test_positives_vocabulary_and_lookup() -> None:
+    pos = positives(EVENTS)
+    assert pos["event_type"].tolist() == ["like", "like", "purchase"]
+    vocab = vocabulary(pos["item_id"])
+    assert vocab == ["a", "c"]
+    assert lookup(pd.Series(["c", "a", "zzz"]), vocab).tolist() == [2, 1, 0]
+
+
+def test_window_starts_and_items_by_user() -> None:
+    starts = window_starts(EVENTS)
+    assert starts["user_id"].tolist() == ["1", "2", "3"]
+    assert starts["event_timestamp"].tolist() == list(
+        pd.to_datetime(["2000-01-02", "2000-02-01", "2000-01-01"], utc=True)
+    )
+    assert items_by_user(EVENTS) == {"1": {"a", "b"}, "2": {"a", "c"}, "3": {"a"}}
+
+
+def test_candidate_labels_and_popularity() -> None:
+    candidates = pd.DataFrame({"user_id": ["1", "1", "2"], "item_id": ["a", "z", "a"]})
+    labels = candidate_labels(candidates, {"1": {"a"}})
+    assert labels.tolist() == [1.0, 0.0, 0.0]
+    assert popularity(EVENTS) == [("a", 2.0), ("c", 1.0)]
+
+
+def test_floor_to_snapshots_moves_back_to_the_grid() -> None:
+    grid = [datetime(2000, 1, 11, tzinfo=UTC), datetime(2000, 1, 21, tzinfo=UTC)]
+    times = pd.Series(pd.to_datetime(["2000-01-15", "2000-01-21", "2000-01-05", "2000-02-01"], utc=True))
+    floored = floor_to_snapshots(times, grid)
+    expected = pd.to_datetime(["2000-01-11", "2000-01-21", "2000-01-05", "2000-01-21"], utc=True)
+    assert floored.tolist() == list(expected)
+    assert (floored <= times).all()
+
+
+def test_sorted_by_user_keeps_first_appearance_order() -> None:
+    frame = pd.DataFrame({"user_id": ["b", "a", "b", "a"], "item_id": ["1", "2", "3", "4"]})
+    assert sorted_by_user(frame)["item_id"].tolist() == ["1", "3", "2", "4"]
+    assert np.array_equal(sorted_by_user(frame)["user_id"].to_numpy(), np.array(["b", "b", "a", "a"]))

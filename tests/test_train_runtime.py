@@ -1,0 +1,90 @@
+"""Artefacts written by training load back into the runtime models that evaluation and serving use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recsys.config import RankerConfig
+from recsys.vocab import GENRES
+from training.ranker import train_ranker
+from training.ranker_features import RANKER_FEATURE_NAMES
+from training.runtime import (
+    ArtifactError,
+    RankingModel,
+    RetrievalModel,
+    write_ranker_artifacts,
+    write_retrieval_artifacts,
+)
+from training.two_tower import TwoTowerModel, TwoTowerModelConfig
+
+CONFIG = TwoTowerModelConfig(n_users=3, n_items=4, n_genres=len(GENRES), embedding_dim=8, hidden_dim=8)
+CATALOG = ["i1", "i2", "i3", "i4", "i5"]
+
+
+def _retrieval(tmp_path: Path) -> RetrievalModel:
+    torch.manual_seed(0)
+    model = TwoTowerModel(CONFIG)
+    embeddings = np.eye(5, 8, dtype=np.float32)
+    write_retrieval_artifacts(
+        tmp_path / "tt",
+        model.state_dict(),
+        CONFIG,
+        user_ids=["u1", "u2"],
+        item_ids=["i1", "i2", "i3"],
+        catalog_item_ids=CATALOG,
+        item_embeddings=embeddings,
+        seen={"u1": ["i1", "i2"]},
+        popularity=[("i3", 10.0), ("i1", 5.0), ("i5", 1.0)],
+    )
+    return RetrievalModel.load(tmp_path / "tt", "7")
+
+
+def test_retrieve_never_returns_seen_items(tmp_path: Path) -> None:
+    model = _retrieval(tmp_path)
+    assert model.version == "7" and model.knows_user("u1") and not model.knows_user("stranger")
+    items, scores = model.retrieve("u1", {"user_genre_affinity": [1.0 / len(GENRES)] * len(GENRES)}, 5)
+    assert sorted(items) == ["i3", "i4", "i5"]
+    assert list(scores) == sorted(scores, reverse=True)
+    items, _ = model.retrieve("u1", {}, 5, exclude={"i3"})
+    assert sorted(items) == ["i4", "i5"]
+
+
+def test_retrieve_scores_match_the_towers(tmp_path: Path) -> None:
+    model = _retrieval(tmp_path)
+    query = model.embed_users(["stranger"], pd.DataFrame([{}]))  # unknown user: row 0 and zero features
+    items, scores = model.retrieve("stranger", {}, 5)
+    expected = (np.eye(5, 8) @ query[0])[[CATALOG.index(i) for i in items]]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_popular_fallback(tmp_path: Path) -> None:
+    model = _retrieval(tmp_path)
+    items, scores = model.popular(2)
+    assert items == ["i3", "i1"] and scores.tolist() == [10.0, 5.0]
+    assert model.popular(5, exclude={"i1"})[0] == ["i3", "i5"]
+
+
+def test_ranking_model_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, len(RANKER_FEATURE_NAMES))).astype(np.float32)
+    labels = (features[:, 0] > 1).astype(np.float32)
+    cfg = RankerConfig(n_candidates=10, n_estimators=10, min_child_samples=2, num_threads=1)
+    booster = train_ranker(features, labels, np.full(20, 10), cfg).booster
+    write_ranker_artifacts(tmp_path / "rk", booster)
+    model = RankingModel.load(tmp_path / "rk", "3")
+    items = pd.DataFrame({"item_n_events": [1, 2, 3]})
+    scores = model.score({"user_n_events": 4}, items, np.array([0.9, 0.1, 0.5]))
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    assert model.feature_service == "ranker_v1"
+
+
+def test_missing_artefacts_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="missing"):
+        RetrievalModel.load(tmp_path, "1")
+    with pytest.raises(ArtifactError, match="missing"):
+        RankingModel.load(tmp_path, "1")

@@ -1,0 +1,1 @@
+"""Models and their training: two-tower retrieval, FAISS index, LightGBM ranker, MLflow registry."""

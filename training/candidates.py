@@ -1,0 +1,142 @@
+"""Candidates and ranker rows for users at a point in time, with features from Feast.
+
+Training (validation window) and evaluation (test window) both go through these functions, so the
+ranker is trained on exactly the kind of rows it is evaluated on. Every feature is read point-in-time at
+the start of the user's window; item embeddings are recomputed per snapshot time for the same reason,
+so neither retrieval nor ranking sees popularity from the window it is judged on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.index import ItemIndex
+from training.ranker_features import (
+    RANKER_FEATURE_NAMES,
+    RANKER_FEATURE_SERVICE,
+    USER_COLUMNS,
+    build_ranker_matrix,
+)
+from training.runtime import TWO_TOWER_FEATURE_SERVICE, RetrievalModel
+
+# historical_features(store, entity_df, service_name) -> entity_df columns + the service's features.
+FeatureReader = Callable[[Any, pd.DataFrame, str], pd.DataFrame]
+TS = "event_timestamp"
+ITEM_ROWS_PER_READ = 200_000
+
+
+def floor_to_snapshots(times: pd.Series, snapshots: list[datetime]) -> pd.Series:
+    """Each time moved back to the newest snapshot at or before it (the earliest time if none).
+
+    A point-in-time read at the floored time returns the same features as at the original time, and
+    users sharing a snapshot then share one set of item embeddings.
+    """
+    grid = pd.to_datetime(pd.Series(sorted(snapshots)), utc=True).to_numpy()
+    values = pd.to_datetime(times, utc=True).to_numpy()
+    pos = np.searchsorted(grid, values, side="right") - 1
+    floored = np.where(pos >= 0, grid[np.clip(pos, 0, None)], values)
+    return pd.Series(pd.to_datetime(floored, utc=True), index=times.index)
+
+
+def generate_candidates(
+    model: RetrievalModel,
+    store: Any,
+    read: FeatureReader,
+    users_at: pd.DataFrame,
+    exclude: Mapping[str, set[str]],
+    n: int,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Top-n retrieval candidates per user, with user and item features as of each user's time.
+
+    Args:
+        model: the trained retriever.
+        store, read: the feature store and its point-in-time reader (historical_features).
+        users_at: columns user_id and event_timestamp (already floored to snapshot times).
+        exclude: items never to return per user (what the user saw before the window).
+        n: candidates per user.
+
+    Returns:
+        Columns user_id, item_id, retrieval_score, event_timestamp; per user best first.
+    """
+    catalog = model.catalog
+    user_rows = read(store, users_at[["user_id", TS]].reset_index(drop=True), TWO_TOWER_FEATURE_SERVICE)
+    user_emb = model.embed_users(list(users_at["user_id"]), user_rows)  # (n_users, dim)
+    frames = []
+    times = sorted(users_at[TS].unique())
+    per_call = max(1, ITEM_ROWS_PER_READ // max(len(catalog), 1))
+    item_rows_at: dict[Any, pd.DataFrame] = {}
+    row_of = {item: i for i, item in enumerate(catalog)}
+    for step, when in enumerate(times):
+        if progress:
+            progress(f"candidates: snapshot {step + 1}/{len(times)}")
+        if when not in item_rows_at:
+            # One feature read covers several snapshot times: each read has a fixed cost of seconds.
+            batch = times[step : step + per_call]
+            entity = pd.DataFrame({"item_id": catalog * len(batch), TS: np.repeat(batch, len(catalog))})
+            rows = read(store, entity, TWO_TOWER_FEATURE_SERVICE)
+            for j, t in enumerate(batch):
+                item_rows_at[t] = rows.iloc[j * len(catalog) : (j + 1) * len(catalog)].reset_index(drop=True)
+        item_rows = item_rows_at.pop(when)
+        index = ItemIndex.build(model.embed_items(catalog, item_rows), np.arange(len(catalog)))
+        mask = (users_at[TS] == when).to_numpy()
+        users = list(users_at["user_id"][mask])
+        banned = [{row_of[i] for i in exclude.get(u, set()) if i in row_of} for u in users]
+        ids, scores = index.search(user_emb[mask], n, exclude=banned)  # (users, n) each
+        for user, id_row, score_row in zip(users, ids, scores, strict=True):
+            keep = id_row >= 0
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "user_id": user,
+                        "item_id": [catalog[r] for r in id_row[keep]],
+                        "retrieval_score": score_row[keep],
+                        TS: pd.Timestamp(when),
+                    }
+                )
+            )
+    if not frames:
+        return pd.DataFrame(columns=["user_id", "item_id", "retrieval_score", TS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def ranker_inputs(
+    store: Any, read: FeatureReader, candidates: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Ranker matrix for candidate rows (grouped by user), with `ranker_v1` features at each row's time.
+
+    Returns:
+        (n_rows, n_features) float32 matrix, group sizes, and the users in group order; rows keep the
+        order of `candidates` sorted stably by user.
+    """
+    if candidates.empty:
+        return np.zeros((0, len(RANKER_FEATURE_NAMES)), dtype=np.float32), np.zeros(0, dtype=np.int64), []
+    users = list(dict.fromkeys(candidates["user_id"]))
+    group = candidates["user_id"].map({u: g for g, u in enumerate(users)}).to_numpy()
+    order = np.argsort(group, kind="stable")
+    rows = candidates.iloc[order].reset_index(drop=True)
+    features = read(store, rows[["user_id", "item_id", TS]], RANKER_FEATURE_SERVICE).reset_index(drop=True)
+    if len(features) != len(rows):
+        raise ValueError(f"feature store returned {len(features)} rows for {len(rows)} candidates")
+    sizes = np.bincount(group[order], minlength=len(users))
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    user_columns = [c for c in USER_COLUMNS if c in features.columns]
+    scores = rows["retrieval_score"].to_numpy(dtype=np.float32)
+    blocks = []
+    for g in range(len(users)):
+        block = features.iloc[offsets[g] : offsets[g + 1]]
+        user_row = block.iloc[0][user_columns].to_dict() if len(block) else {}
+        blocks.append(build_ranker_matrix(user_row, block, scores[offsets[g] : offsets[g + 1]]))
+    return np.concatenate(blocks).astype(np.float32), sizes.astype(np.int64), users
+
+
+def sorted_by_user(candidates: pd.DataFrame) -> pd.DataFrame:
+    """Candidates with each user's rows contiguous, users in first-appearance order (ranker_inputs' order)."""
+    users = {u: g for g, u in enumerate(dict.fromkeys(candidates["user_id"]))}
+    order = np.argsort(candidates["user_id"].map(users).to_numpy(), kind="stable")
+    return candidates.iloc[order].reset_index(drop=True)

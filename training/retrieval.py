@@ -1,0 +1,231 @@
+"""Training the two-tower model on Ray Train: pure train/eval steps, and the TorchTrainer adapter."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.config import TwoTowerConfig
+from training.two_tower import TwoTowerModel, TwoTowerModelConfig, in_batch_softmax_loss
+
+EVAL_BATCH = 1024
+EVAL_K = 10
+
+
+@dataclass(frozen=True)
+class TwoTowerExamples:
+    """Positive (user, item) pairs with the features each tower reads, as aligned arrays."""
+
+    user_idx: np.ndarray  # (n,) int64, 0 = unknown user
+    user_dense: np.ndarray  # (n, user_dense_dim) float32
+    item_idx: np.ndarray  # (n,) int64, 0 = unknown item
+    item_dense: np.ndarray  # (n, item_dense_dim) float32
+
+    def __post_init__(self) -> None:
+        n = len(self.user_idx)
+        if not (len(self.user_dense) == len(self.item_idx) == len(self.item_dense) == n):
+            raise ValueError("two-tower example arrays must all have the same number of rows")
+
+    def __len__(self) -> int:
+        return len(self.user_idx)
+
+    def take(self, rows: np.ndarray) -> TwoTowerExamples:
+        return TwoTowerExamples(
+            self.user_idx[rows], self.user_dense[rows], self.item_idx[rows], self.item_dense[rows]
+        )
+
+    def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        return (
+            torch.as_tensor(self.user_idx, dtype=torch.long, device=device),
+            torch.as_tensor(self.user_dense, dtype=torch.float32, device=device),
+            torch.as_tensor(self.item_idx, dtype=torch.long, device=device),
+            torch.as_tensor(self.item_dense, dtype=torch.float32, device=device),
+        )
+
+
+@dataclass(frozen=True)
+class RetrievalTrainResult:
+    """What training hands back: the weights, the model shape, and the metrics per epoch."""
+
+    state_dict: dict[str, torch.Tensor]
+    model_config: TwoTowerModelConfig
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def item_log_q(item_idx: np.ndarray, n_items: int) -> np.ndarray:
+    """log of each item's share of the training positives: the in-batch sampling probability."""
+    counts = np.bincount(item_idx, minlength=n_items).astype(np.float64) + 1.0
+    return np.asarray(np.log(counts / counts.sum()), dtype=np.float32)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, ...],
+    temperature: float,
+    log_q: torch.Tensor | None = None,
+) -> float:
+    """One optimiser step of in-batch softmax on a batch of positives; returns the batch loss."""
+    model.train()
+    user_idx, user_dense, item_idx, item_dense = batch
+    user_emb, item_emb = model(user_idx, user_dense, item_idx, item_dense)  # (batch, dim) each
+    loss = in_batch_softmax_loss(
+        user_emb, item_emb, temperature, item_ids=item_idx, log_q=None if log_q is None else log_q[item_idx]
+    )
+    optimizer.zero_grad()
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def eval_step(
+    model: torch.nn.Module, examples: TwoTowerExamples, temperature: float, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Held-out in-batch loss, and recall@10 of each positive among its batch's distinct items.
+
+    Blocks of held-out positives stand in for the catalogue: cheap enough to run every epoch, and
+    comparable across epochs, which is what it is for.
+    """
+    model.eval()
+    losses: list[float] = []
+    hits = 0
+    for start in range(0, len(examples), EVAL_BATCH):
+        user_idx, user_dense, item_idx, item_dense = examples.take(
+            np.arange(start, min(start + EVAL_BATCH, len(examples)))
+        ).tensors(device)
+        if len(user_idx) < 2:
+            continue
+        user_emb, item_emb = model(user_idx, user_dense, item_idx, item_dense)  # (b, dim) each
+        losses.append(
+            float(in_batch_softmax_loss(user_emb, item_emb, temperature, item_ids=item_idx)) * len(user_idx)
+        )
+        # Each distinct item counts once: its first row in the batch stands for it.
+        _, first = np.unique(item_idx.cpu().numpy(), return_index=True)
+        columns = torch.as_tensor(first, device=item_emb.device)
+        scores = user_emb @ item_emb[columns].T  # (b, n_distinct)
+        other = item_idx[columns][None, :] != item_idx[:, None]  # (b, n_distinct): not the positive
+        own = (user_emb * item_emb).sum(dim=1, keepdim=True)  # (b, 1)
+        rank = ((scores > own) & other).sum(dim=1)  # (b,) distinct other items scored above the positive
+        hits += int((rank < EVAL_K).sum())
+    n = max(len(examples), 1)
+    return {"val_loss": float(np.sum(losses) / n), f"val_recall_at_{EVAL_K}": hits / n}
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker loop: shard the positives by rank, train, evaluate each epoch, report."""
+    import ray.train
+    import ray.train.torch
+
+    cfg: TwoTowerConfig = loop_config["cfg"]
+    train: TwoTowerExamples = loop_config["train"]
+    validation: TwoTowerExamples = loop_config["validation"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(TwoTowerModel(loop_config["model_config"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    log_q = torch.as_tensor(loop_config["log_q"], device=device) if loop_config["log_q"] is not None else None
+    shard = train.take(np.arange(rank, len(train), world))
+    inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model when world > 1
+    base: torch.nn.Module = inner if isinstance(inner, torch.nn.Module) else model
+    for epoch in range(cfg.epochs):
+        started = time.perf_counter()
+        order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(shard))
+        losses = []
+        for start in range(0, len(order) - 1, cfg.batch_size):
+            batch = shard.take(order[start : start + cfg.batch_size]).tensors(device)
+            losses.append(train_step(model, optimizer, batch, cfg.temperature, log_q))
+        metrics = {
+            "epoch": float(epoch + 1),
+            "train_loss": float(np.mean(losses)),
+            **eval_step(base, validation, cfg.temperature, device),
+        }
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        if epoch + 1 < cfg.epochs:
+            ray.train.report(metrics)
+            continue
+        # Ray Train 2.60 (V2) keeps Result.metrics only for reports that carry a checkpoint.
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save({k: v.cpu() for k, v in base.state_dict().items()}, Path(tmp) / "model.pt")
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _ensure_ray() -> bool:
+    """Start a small local Ray unless one is already up (a cluster via RAY_ADDRESS, or a caller's)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def train_retrieval(
+    train: TwoTowerExamples,
+    validation: TwoTowerExamples,
+    model_config: TwoTowerModelConfig,
+    cfg: TwoTowerConfig,
+    storage_dir: Path,
+    logq_correction: bool = False,
+) -> RetrievalTrainResult:
+    """Train the two-tower model with a Ray Train TorchTrainer of `cfg.num_workers` workers.
+
+    Args:
+        train: training positives.
+        validation: held-out positives, scored after every epoch.
+        model_config: tower sizes.
+        cfg: training settings; `use_gpu="auto"` uses a GPU when torch sees one.
+        storage_dir: where Ray Train keeps its run folder (inside the state directory).
+        logq_correction: subtract log item frequency from in-batch logits.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if len(train) < 2:
+        raise ValueError(f"two-tower training needs at least 2 positive examples, got {len(train)}")
+    use_gpu = torch.cuda.is_available() if cfg.use_gpu == "auto" else cfg.use_gpu == "yes"
+    started_ray = _ensure_ray()
+    try:
+        trainer = TorchTrainer(
+            _train_loop,
+            train_loop_config={
+                "cfg": cfg,
+                "model_config": model_config,
+                "train": train,
+                "validation": validation,
+                "log_q": item_log_q(train.item_idx, model_config.n_items) if logq_correction else None,
+            },
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+            run_config=RunConfig(
+                name=f"two-tower-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6}",
+                storage_path=str(Path(storage_dir).resolve()),
+            ),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None or result.metrics is None:
+            raise RuntimeError(f"two-tower training returned no checkpoint: {result.error}")
+        with result.checkpoint.as_directory() as ckpt:
+            state_dict = torch.load(Path(ckpt) / "model.pt", weights_only=True)
+        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return RetrievalTrainResult(state_dict=state_dict, model_config=model_config, metrics=metrics)

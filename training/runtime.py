@@ -1,0 +1,235 @@
+"""Trained models as loaded by evaluation and by each serving replica: artefacts in, scores out.
+
+A model's artefact directory is self-contained (weights, id maps, item embeddings, FAISS index, seen
+items, popularity fallback, feature names), so a replica loads it once and never reads MLflow per request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recsys.vocab import GENRES
+from training.index import ItemIndex
+from training.ranker_features import RANKER_FEATURE_NAMES, RANKER_FEATURE_SERVICE, build_ranker_matrix
+from training.two_tower import TwoTowerModelConfig, item_dense_features, user_dense_features
+
+TWO_TOWER_FEATURE_SERVICE = "two_tower_v1"
+TWO_TOWER_USER_FEATURES: tuple[str, ...] = ("user_genre_affinity", "user_n_events")
+TWO_TOWER_ITEM_FEATURES: tuple[str, ...] = ("item_genre_vector", "item_n_events_365d", "item_age_days")
+RANKER_MODEL_FILE = "ranker.txt"
+
+
+class ArtifactError(ValueError):
+    """An artefact directory that is missing files or was written for other feature names."""
+
+
+def _genre_matrix(values: Iterable[Any], n: int) -> np.ndarray:
+    """A column of genre lists as an (n, n_genres) matrix; missing rows are zeros."""
+    out = np.zeros((n, len(GENRES)), dtype=np.float32)
+    for row, value in enumerate(values):
+        if value is not None and not (isinstance(value, float) and np.isnan(value)):
+            out[row] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in frame.columns:
+        return np.full(len(frame), np.nan, dtype=np.float32)
+    values: np.ndarray = pd.to_numeric(frame[name], errors="coerce").to_numpy(
+        dtype=np.float32, na_value=np.nan
+    )
+    return values
+
+
+def user_dense_from_frame(frame: pd.DataFrame) -> np.ndarray:
+    """The user tower's dense input from rows of `two_tower_v1` user features."""
+    genres = _genre_matrix(frame.get("user_genre_affinity", pd.Series([None] * len(frame))), len(frame))
+    return user_dense_features(genres, _column(frame, "user_n_events"))
+
+
+def item_dense_from_frame(frame: pd.DataFrame) -> np.ndarray:
+    """The item tower's dense input from rows of `two_tower_v1` item features."""
+    genres = _genre_matrix(frame.get("item_genre_vector", pd.Series([None] * len(frame))), len(frame))
+    return item_dense_features(genres, _column(frame, "item_n_events_365d"), _column(frame, "item_age_days"))
+
+
+def write_retrieval_artifacts(
+    directory: Path,
+    state_dict: Mapping[str, Any],
+    model_config: TwoTowerModelConfig,
+    user_ids: list[str],
+    item_ids: list[str],
+    catalog_item_ids: list[str],
+    item_embeddings: np.ndarray,
+    seen: Mapping[str, list[str]],
+    popularity: list[tuple[str, float]],
+) -> None:
+    """Write everything RetrievalModel.load needs into `directory`.
+
+    Args:
+        user_ids, item_ids: the ID-table vocabularies; id i is row i + 1 (row 0 is unknown).
+        catalog_item_ids: every item the index can return, aligned with `item_embeddings` rows.
+        seen: items each user has interacted with, never retrieved again for that user.
+        popularity: (item_id, score) best first, the fallback for users retrieval cannot serve.
+    """
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(state_dict), directory / "model.pt")
+    (directory / "model_config.json").write_text(json.dumps(asdict(model_config)))
+    (directory / "user_ids.json").write_text(json.dumps(user_ids))
+    (directory / "item_ids.json").write_text(json.dumps(item_ids))
+    (directory / "catalog_item_ids.json").write_text(json.dumps(catalog_item_ids))
+    np.save(directory / "item_embeddings.npy", np.asarray(item_embeddings, dtype=np.float32))
+    ItemIndex.build(item_embeddings, np.arange(len(catalog_item_ids))).save(directory / "index")
+    (directory / "seen.json").write_text(json.dumps({u: sorted(items) for u, items in seen.items()}))
+    (directory / "popularity.json").write_text(json.dumps([[i, float(s)] for i, s in popularity]))
+    names = {
+        "feature_service": TWO_TOWER_FEATURE_SERVICE,
+        "user": list(TWO_TOWER_USER_FEATURES),
+        "item": list(TWO_TOWER_ITEM_FEATURES),
+    }
+    (directory / "feature_names.json").write_text(json.dumps(names))
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        raise ArtifactError(f"artefact file missing: {path}")
+    return json.loads(path.read_text())
+
+
+class RetrievalModel:
+    """The two-tower retriever: user tower on request, item side precomputed in a FAISS index."""
+
+    feature_service = TWO_TOWER_FEATURE_SERVICE
+
+    def __init__(self, artifact_dir: Path, version: str) -> None:
+        import torch
+
+        from training.two_tower import TwoTowerModel
+
+        self.artifact_dir = Path(artifact_dir)
+        self.version = version
+        names = _read_json(self.artifact_dir / "feature_names.json")
+        if names.get("feature_service") != TWO_TOWER_FEATURE_SERVICE:
+            raise ArtifactError(f"retrieval artefacts were built for {names.get('feature_service')!r}")
+        self.model_config = TwoTowerModelConfig(**_read_json(self.artifact_dir / "model_config.json"))
+        self._model = TwoTowerModel(self.model_config)
+        self._model.load_state_dict(torch.load(self.artifact_dir / "model.pt", weights_only=True))
+        self._model.eval()
+        self._user_index = {u: i + 1 for i, u in enumerate(_read_json(self.artifact_dir / "user_ids.json"))}
+        self._item_index = {u: i + 1 for i, u in enumerate(_read_json(self.artifact_dir / "item_ids.json"))}
+        self.catalog: list[str] = _read_json(self.artifact_dir / "catalog_item_ids.json")
+        self._catalog_row = {item: row for row, item in enumerate(self.catalog)}
+        self.item_embeddings = np.load(self.artifact_dir / "item_embeddings.npy")
+        self.index = ItemIndex.load(self.artifact_dir / "index")
+        self._seen = {u: set(items) for u, items in _read_json(self.artifact_dir / "seen.json").items()}
+        popularity = _read_json(self.artifact_dir / "popularity.json")
+        self._popular_ids = [str(i) for i, _ in popularity]
+        self._popular_scores = np.array([s for _, s in popularity], dtype=np.float32)
+
+    @classmethod
+    def load(cls, artifact_dir: Path, version: str) -> RetrievalModel:
+        return cls(artifact_dir, version)
+
+    def knows_user(self, user_id: str) -> bool:
+        """Whether the user has a learned ID embedding (others are served by features or popularity)."""
+        return user_id in self._user_index
+
+    def seen_items(self, user_id: str) -> set[str]:
+        return self._seen.get(user_id, set())
+
+    def embed_users(self, user_ids: list[str], features: pd.DataFrame) -> np.ndarray:
+        """(n, dim) user embeddings from ids and rows of user features (same order)."""
+        import torch
+
+        ids = torch.as_tensor([self._user_index.get(u, 0) for u in user_ids], dtype=torch.long)
+        with torch.no_grad():
+            emb = self._model.user_tower(ids, torch.as_tensor(user_dense_from_frame(features)))
+        return np.asarray(emb.numpy(), dtype=np.float32)
+
+    def embed_items(self, item_ids: list[str], features: pd.DataFrame) -> np.ndarray:
+        """(n, dim) item embeddings from ids and rows of item features (same order)."""
+        import torch
+
+        ids = torch.as_tensor([self._item_index.get(i, 0) for i in item_ids], dtype=torch.long)
+        with torch.no_grad():
+            emb = self._model.item_tower(ids, torch.as_tensor(item_dense_from_frame(features)))
+        return np.asarray(emb.numpy(), dtype=np.float32)
+
+    def retrieve(
+        self, user_id: str, user_features: Mapping[str, Any], n: int, exclude: set[str] | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """Top-n catalogue items for the user, never one the user has already seen.
+
+        Args:
+            user_id: may be unknown; its ID embedding is then the shared unknown row.
+            user_features: the user's `two_tower_v1` feature values (missing ones count as zero).
+            n: how many items.
+            exclude: further item ids to leave out (e.g. just shown).
+        """
+        query = self.embed_users([user_id], pd.DataFrame([dict(user_features)]))  # (1, dim)
+        banned = self.seen_items(user_id) | (exclude or set())
+        rows = {self._catalog_row[i] for i in banned if i in self._catalog_row}
+        ids, scores = self.index.search(query, n, exclude=[rows])
+        keep = ids[0] >= 0
+        return [self.catalog[r] for r in ids[0][keep]], scores[0][keep]
+
+    def popular(self, n: int, exclude: set[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """The n most popular items (the fallback), skipping `exclude`."""
+        if not exclude:
+            return self._popular_ids[:n], self._popular_scores[:n]
+        keep = [j for j, i in enumerate(self._popular_ids) if i not in exclude][:n]
+        return [self._popular_ids[j] for j in keep], self._popular_scores[keep]
+
+
+class RankingModel:
+    """The LightGBM ranker over retrieval candidates."""
+
+    feature_service = RANKER_FEATURE_SERVICE
+
+    def __init__(self, artifact_dir: Path, version: str) -> None:
+        import lightgbm as lgb
+
+        self.artifact_dir = Path(artifact_dir)
+        self.version = version
+        names = _read_json(self.artifact_dir / "feature_names.json")
+        if tuple(names.get("features", ())) != RANKER_FEATURE_NAMES:
+            raise ArtifactError("ranker artefacts were trained on other features than RANKER_FEATURE_NAMES")
+        if names.get("feature_service") != RANKER_FEATURE_SERVICE:
+            raise ArtifactError(f"ranker artefacts were built for {names.get('feature_service')!r}")
+        model_file = self.artifact_dir / RANKER_MODEL_FILE
+        if not model_file.exists():
+            raise ArtifactError(f"artefact file missing: {model_file}")
+        self._booster = lgb.Booster(model_file=str(model_file))
+
+    @classmethod
+    def load(cls, artifact_dir: Path, version: str) -> RankingModel:
+        return cls(artifact_dir, version)
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Scores for rows already built by build_ranker_matrix (batch evaluation)."""
+        if len(matrix) == 0:
+            return np.zeros(0, dtype=np.float64)
+        return np.asarray(self._booster.predict(matrix, num_threads=1), dtype=np.float64)
+
+    def score(
+        self, user_features: Mapping[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
+    ) -> np.ndarray:
+        """(n_candidates,) ranking scores, higher is better, in the order of `item_features` rows."""
+        return self.predict_matrix(build_ranker_matrix(user_features, item_features, retrieval_scores))
+
+
+def write_ranker_artifacts(directory: Path, booster: Any) -> None:
+    """Write the LightGBM model (at its best iteration) and the feature names it expects."""
+    directory.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(directory / RANKER_MODEL_FILE), num_iteration=booster.best_iteration or None)
+    names = {"feature_service": RANKER_FEATURE_SERVICE, "features": list(RANKER_FEATURE_NAMES)}
+    (directory / "feature_names.json").write_text(json.dumps(names))

@@ -1,0 +1,269 @@
+"""`recsys train`: two-tower retrieval on Ray Train, FAISS index, LightGBM ranker, MLflow registry.
+
+Protocol: the two-tower model learns from the positive events of the train split, each with its
+point-in-time `two_tower_v1` features. The ranker learns from the validation window only: for every user
+with a validation positive, the retriever's top `ranker.n_candidates` items (excluding items seen in
+train) at the start of the user's validation window, with `ranker_v1` features as of that time, labelled
+by the user's validation positives. The test window is never read here.
+
+Idempotent by skipping: when both champions were trained from this dataset version with this
+configuration (a fingerprint tag), the stage returns them and trains nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from recsys.config import PipelineConfig
+from recsys.state import StateDir
+from recsys.vocab import GENRES
+
+FINGERPRINT_TAG = "train_fingerprint"
+CODE_REVISION = 2  # bump when a change to training should invalidate existing champions
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    dataset_version: str
+    skipped: bool
+    two_tower_version: str
+    ranker_version: str
+    two_tower_run_id: str
+    ranker_run_id: str
+    fingerprint: str
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def training_fingerprint(config: PipelineConfig, dataset_version: str) -> str:
+    """A hash of everything that decides the trained models: data version, split, features, model settings."""
+    payload = {
+        "dataset_version": dataset_version,
+        "split": config.split.model_dump(mode="json"),
+        "snapshot_every_days": config.features.snapshot_every_days,
+        "two_tower": config.two_tower.model_dump(mode="json", exclude={"num_workers", "use_gpu"}),
+        "ranker": config.ranker.model_dump(mode="json", exclude={"num_threads"}),
+        "code_revision": CODE_REVISION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _existing(state: StateDir, fingerprint: str, version: str, started: float) -> TrainSummary | None:
+    from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, champion_version, configure
+
+    tower, ranker = champion_version(state, TWO_TOWER_MODEL), champion_version(state, RANKER_MODEL)
+    if tower is None or ranker is None:
+        return None
+    if tower.tags.get(FINGERPRINT_TAG) != fingerprint or ranker.tags.get(FINGERPRINT_TAG) != fingerprint:
+        return None
+    client = configure(state)
+    logged = {
+        **client.get_run(tower.tags["run_id"]).data.metrics,
+        **client.get_run(ranker.tags["run_id"]).data.metrics,
+    }
+    metrics = {k: v for k, v in logged.items() if not k.startswith("test_")}  # test_*: added by evaluate
+    return TrainSummary(
+        dataset_version=version,
+        skipped=True,
+        two_tower_version=str(tower.version),
+        ranker_version=str(ranker.version),
+        two_tower_run_id=tower.tags["run_id"],
+        ranker_run_id=ranker.tags["run_id"],
+        fingerprint=fingerprint,
+        seconds=time.perf_counter() - started,
+        metrics=metrics,
+    )
+
+
+def snapshot_grid(events: pd.DataFrame, every_days: int) -> list[Any]:
+    """The feature job's snapshot times for this event log."""
+    from recsys.features.schedule import snapshot_times
+
+    ts = pd.to_datetime(events["event_ts"], utc=True)
+    return snapshot_times(ts.min().to_pydatetime(), ts.max().to_pydatetime(), every_days)
+
+
+def _with_ts(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    out = frame[columns].astype(str).copy()
+    out["event_timestamp"] = pd.to_datetime(frame["event_ts"], utc=True).to_numpy()
+    return out.reset_index(drop=True)
+
+
+def run_train(config: PipelineConfig, dataset_version: str | None = None) -> TrainSummary:
+    """Train, index, rank, log and register; see the module docstring for the protocol."""
+    import torch
+
+    from evaluation.split import load_split
+    from recsys.features.store import build_store, historical_features
+    from recsys.ingest.snapshot import load_dataset
+    from training import examples as ex
+    from training.candidates import floor_to_snapshots, generate_candidates, ranker_inputs, sorted_by_user
+    from training.ranker import train_ranker
+    from training.ranker_features import RANKER_FEATURE_SERVICE
+    from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, log_and_register
+    from training.retrieval import train_retrieval
+    from training.runtime import (
+        TWO_TOWER_FEATURE_SERVICE,
+        RetrievalModel,
+        item_dense_from_frame,
+        write_ranker_artifacts,
+        write_retrieval_artifacts,
+    )
+    from training.two_tower import TwoTowerModel, TwoTowerModelConfig
+
+    started = time.perf_counter()
+    state = StateDir(config.state_dir)
+    version = state.resolve_version(dataset_version)
+    fingerprint = training_fingerprint(config, version)
+    found = _existing(state, fingerprint, version, started)
+    if found is not None:
+        console.print(f"champions already trained from {version} with this config ({fingerprint}): skipping")
+        return found
+
+    with console.status("loading split, dataset and feature store") as status:
+        split = load_split(state, version)
+        dataset = load_dataset(state, version)
+        store = build_store(state, config.features)
+        grid = snapshot_grid(dataset.events, config.features.snapshot_every_days)
+
+        status.update("two-tower examples: point-in-time features of train and validation positives")
+        train_pos, val_pos = ex.positives(split.train), ex.positives(split.validation)
+        users, items = ex.vocabulary(train_pos["user_id"]), ex.vocabulary(train_pos["item_id"])
+        columns = ["user_id", "item_id"]
+        train_rows = historical_features(store, _with_ts(train_pos, columns), TWO_TOWER_FEATURE_SERVICE)
+        val_rows = historical_features(store, _with_ts(val_pos, columns), TWO_TOWER_FEATURE_SERVICE)
+        train_examples = ex.two_tower_examples(train_rows, users, items)
+        val_examples = ex.two_tower_examples(val_rows, users, items)
+        tt = config.two_tower
+        model_config = TwoTowerModelConfig(
+            n_users=len(users) + 1,
+            n_items=len(items) + 1,
+            n_genres=len(GENRES),
+            embedding_dim=tt.embedding_dim,
+            hidden_dim=tt.hidden_dim,
+        )
+
+        status.update(f"two-tower: Ray Train, {tt.epochs} epochs over {len(train_examples)} positives")
+        trained = train_retrieval(
+            train_examples,
+            val_examples,
+            model_config,
+            tt,
+            state.ray,
+            logq_correction=config.two_tower.logq_correction,
+        )
+        console.print(f"two-tower trained: {_fmt(trained.metrics)}")
+
+        status.update("item embeddings from the latest features, FAISS index")
+        catalog = sorted(dataset.items["item_id"].astype(str))
+        latest = pd.to_datetime(dataset.events["event_ts"], utc=True).max() + timedelta(days=1)
+        item_rows = historical_features(
+            store, pd.DataFrame({"item_id": catalog, "event_timestamp": latest}), TWO_TOWER_FEATURE_SERVICE
+        )
+        model = TwoTowerModel(model_config)
+        model.load_state_dict(trained.state_dict)
+        model.eval()
+        with torch.no_grad():
+            item_emb = model.item_tower(
+                torch.as_tensor(ex.lookup(pd.Series(catalog), items)),
+                torch.as_tensor(item_dense_from_frame(item_rows)),
+            ).numpy()
+
+        state.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=state.root, prefix=".train-") as tmp:
+            tower_dir, ranker_dir = Path(tmp) / "two_tower", Path(tmp) / "ranker"
+            write_retrieval_artifacts(
+                tower_dir,
+                trained.state_dict,
+                model_config,
+                users,
+                items,
+                catalog,
+                item_emb,
+                {u: sorted(s) for u, s in ex.items_by_user(dataset.events).items()},
+                ex.popularity(dataset.events),
+            )
+            retrieval = RetrievalModel.load(tower_dir, "candidate")
+
+            status.update("ranker: candidates for validation users at their window start")
+            starts = ex.window_starts(split.validation[split.validation["user_id"].isin(val_pos["user_id"])])
+            starts["event_timestamp"] = floor_to_snapshots(starts["event_timestamp"], grid)
+            n = config.ranker.n_candidates
+            candidates = generate_candidates(
+                retrieval,
+                store,
+                historical_features,
+                starts,
+                ex.items_by_user(split.train),
+                n,
+                progress=lambda message: status.update(f"ranker: {message}"),
+            )
+            relevant = ex.items_by_user(val_pos)
+            candidates = sorted_by_user(candidates)
+            labels = ex.candidate_labels(candidates, relevant)
+            n_relevant = sum(len(v) for u, v in relevant.items() if u in set(starts["user_id"]))
+            candidate_recall = float(labels.sum()) / max(n_relevant, 1)
+
+            status.update(f"ranker: ranker_v1 features for {len(candidates)} candidates, LightGBM lambdarank")
+            features, sizes, _ = ranker_inputs(store, historical_features, candidates)
+            ranked = train_ranker(features, labels, sizes, config.ranker)
+            write_ranker_artifacts(ranker_dir, ranked.booster)
+            console.print(f"ranker trained: {_fmt(ranked.metrics)}")
+
+            status.update("MLflow: logging and registering both models")
+            base_tags = {"dataset_version": version, FINGERPRINT_TAG: fingerprint}
+            tower_metrics = {**trained.metrics, f"val_candidate_recall_at_{n}": candidate_recall}
+            tower_run, tower_version = log_and_register(
+                state,
+                model_name=TWO_TOWER_MODEL,
+                kind="retrieval",
+                artifact_dir=tower_dir,
+                params={
+                    **tt.model_dump(mode="json"),
+                    "logq_correction": config.two_tower.logq_correction,
+                    "n_users": len(users),
+                    "n_items": len(items),
+                    "n_catalog": len(catalog),
+                    "n_train_examples": len(train_examples),
+                    "n_validation_examples": len(val_examples),
+                },
+                metrics=tower_metrics,
+                tags={**base_tags, "feature_service": TWO_TOWER_FEATURE_SERVICE},
+            )
+            ranker_run, ranker_version = log_and_register(
+                state,
+                model_name=RANKER_MODEL,
+                kind="ranking",
+                artifact_dir=ranker_dir,
+                params={**config.ranker.model_dump(mode="json"), "two_tower_version": tower_version},
+                metrics=ranked.metrics,
+                tags={**base_tags, "feature_service": RANKER_FEATURE_SERVICE},
+            )
+    shutil.rmtree(state.ray, ignore_errors=True)
+    return TrainSummary(
+        dataset_version=version,
+        skipped=False,
+        two_tower_version=tower_version,
+        ranker_version=ranker_version,
+        two_tower_run_id=tower_run,
+        ranker_run_id=ranker_run,
+        fingerprint=fingerprint,
+        seconds=time.perf_counter() - started,
+        metrics={**tower_metrics, **ranked.metrics},
+    )
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))

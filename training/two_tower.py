@@ -1,0 +1,144 @@
+"""The two-tower retrieval model: a user tower and an item tower meeting in a dot product.
+
+No IO here: a frozen config in, tensors out. Index 0 of both ID tables is reserved for ids the model did
+not see in training, so cold users and items still get an embedding from their features alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# item_age_days is divided by this so that a typical catalogue age lands near 1.
+AGE_SCALE_DAYS = 3650.0
+
+
+@dataclass(frozen=True)
+class TwoTowerModelConfig:
+    """Sizes of the two towers; the ID-table sizes include the reserved unknown index 0."""
+
+    n_users: int
+    n_items: int
+    n_genres: int
+    embedding_dim: int = 64
+    hidden_dim: int = 128
+
+    @property
+    def user_dense_dim(self) -> int:
+        return self.n_genres + 1
+
+    @property
+    def item_dense_dim(self) -> int:
+        return self.n_genres + 2
+
+
+def user_dense_features(genre_affinity: np.ndarray, n_events: np.ndarray) -> np.ndarray:
+    """The user tower's dense input: genre affinity and log1p(event count).
+
+    Args:
+        genre_affinity: (n, n_genres) affinity rows; NaN (a user without features yet) counts as 0.
+        n_events: (n,) event counts; NaN counts as 0.
+
+    Returns:
+        (n, n_genres + 1) float32 matrix.
+    """
+    affinity = np.nan_to_num(np.asarray(genre_affinity, dtype=np.float32))
+    counts = np.log1p(np.clip(np.nan_to_num(np.asarray(n_events, dtype=np.float32)), 0, None))
+    return np.concatenate([affinity, counts[:, None]], axis=1).astype(np.float32)
+
+
+def item_dense_features(
+    genre_vector: np.ndarray, n_events_365d: np.ndarray, age_days: np.ndarray
+) -> np.ndarray:
+    """The item tower's dense input: multi-hot genres, log1p(365-day events), scaled age.
+
+    Args:
+        genre_vector: (n, n_genres) multi-hot rows; NaN counts as 0.
+        n_events_365d: (n,) event counts over the last year; NaN counts as 0.
+        age_days: (n,) days since publication; unknown (-1 or NaN) becomes 0.
+
+    Returns:
+        (n, n_genres + 2) float32 matrix.
+    """
+    genres = np.nan_to_num(np.asarray(genre_vector, dtype=np.float32))
+    counts = np.log1p(np.clip(np.nan_to_num(np.asarray(n_events_365d, dtype=np.float32)), 0, None))
+    age = np.clip(np.nan_to_num(np.asarray(age_days, dtype=np.float32), nan=0.0), 0, None) / AGE_SCALE_DAYS
+    return np.concatenate([genres, counts[:, None], age[:, None]], axis=1).astype(np.float32)
+
+
+class Tower(nn.Module):
+    """ID embedding plus an MLP over dense features, summed and L2-normalised."""
+
+    def __init__(self, n_ids: int, dense_dim: int, embedding_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.ids = nn.Embedding(n_ids, embedding_dim)
+        nn.init.normal_(self.ids.weight, std=0.05)
+        self.mlp = nn.Sequential(
+            nn.Linear(dense_dim, hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, embedding_dim),
+        )
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        # ids: (batch,) int64; dense: (batch, dense_dim) -> (batch, embedding_dim), unit norm
+        return F.normalize(self.ids(ids) + self.mlp(dense), dim=-1)
+
+
+class TwoTowerModel(nn.Module):
+    """User and item towers whose dot product scores a (user, item) pair."""
+
+    def __init__(self, config: TwoTowerModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.user_tower = Tower(
+            config.n_users, config.user_dense_dim, config.embedding_dim, config.hidden_dim
+        )
+        self.item_tower = Tower(
+            config.n_items, config.item_dense_dim, config.embedding_dim, config.hidden_dim
+        )
+
+    def forward(
+        self,
+        user_ids: torch.Tensor,
+        user_dense: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_dense: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # -> (batch, embedding_dim) user embeddings, (batch, embedding_dim) item embeddings
+        return self.user_tower(user_ids, user_dense), self.item_tower(item_ids, item_dense)
+
+
+def in_batch_softmax_loss(
+    user_emb: torch.Tensor,
+    item_emb: torch.Tensor,
+    temperature: float,
+    item_ids: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax cross-entropy of each user against every item of the batch, its own item the target.
+
+    Args:
+        user_emb: (batch, dim) user embeddings; row i's positive is item_emb row i.
+        item_emb: (batch, dim) item embeddings.
+        temperature: logits are dot products divided by this.
+        item_ids: (batch,) optional; other rows holding the same item as row i's positive are masked out
+            of row i's negatives, since they are not negatives at all.
+        log_q: (batch,) optional log sampling probability of each item; subtracting it from the logits
+            (logQ correction) stops popular items from being over-penalised as in-batch negatives.
+
+    Returns:
+        The mean loss, a scalar tensor.
+    """
+    logits = user_emb @ item_emb.T / temperature  # (batch, batch)
+    if log_q is not None:
+        logits = logits - log_q[None, :]  # (batch, batch): column j corrected by item j's log q
+    if item_ids is not None:
+        same = item_ids[:, None] == item_ids[None, :]  # (batch, batch)
+        collision = same & ~torch.eye(len(item_ids), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(collision, float("-inf"))
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return F.cross_entropy(logits, targets)
