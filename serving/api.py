@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from serving.recommender import Recommender, ServiceUnavailableError
 from serving.schemas import HealthResponse, RecommendResponse, request_model
@@ -25,15 +26,14 @@ def describe_errors(errors: list[dict[str, Any]]) -> str:
 
     >>> describe_errors([{"loc": ("body", "k"), "msg": "Input should be less than or equal to 100"}])
     'k: Input should be less than or equal to 100'
-    >>> describe_errors([{"type": "json_invalid", "loc": ("body", 7), "msg": "JSON decode error"}])
-    'body: invalid JSON at character 7'
+    >>> describe_errors([{"type": "json_invalid", "loc": ("body",), "msg": "Invalid JSON: EOF at column 3"}])
+    'body: invalid JSON (Invalid JSON: EOF at column 3)'
     """
     parts = []
     for error in errors:
         loc = [str(part) for part in error.get("loc", ()) if part != "body"]
         if error.get("type") == "json_invalid":
-            # The location of a JSON error is a character offset, not a field.
-            parts.append(f"body: invalid JSON at character {'.'.join(loc) or 0}")
+            parts.append(f"body: invalid JSON ({error.get('msg', 'cannot parse')})")
             continue
         where = ".".join(loc) or "body"
         parts.append(f"{where}: {error.get('msg', 'invalid')}")
@@ -75,9 +75,21 @@ def create_api(recommender: Recommender, max_k: int) -> FastAPI:
         logger.error("unhandled error: %s", exc, exc_info=exc)
         return JSONResponse(status_code=500, content={"error": "internal error"})
 
-    @api.post("/recommend", response_model=RecommendResponse)
-    async def recommend(body: request_type) -> RecommendResponse:  # type: ignore[valid-type]
+    body_schema = {"application/json": {"schema": request_type.model_json_schema()}}
+
+    @api.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        openapi_extra={"requestBody": {"content": body_schema, "required": True}},
+    )
+    async def recommend(request: Request) -> RecommendResponse:
         """The top `k` items for a user, ranked, with model versions and whether a fallback answered."""
+        # The body is JSON whatever the Content-Type says: `curl -d` sends form-urlencoded by default.
+        try:
+            body = request_type.model_validate_json(await request.body())
+        except ValidationError as err:
+            errors = [{**error, "loc": ("body", *error["loc"])} for error in err.errors()]
+            raise RequestValidationError(errors) from None
         return await recommender.recommend(body)
 
     @api.get("/healthz", response_model=HealthResponse)

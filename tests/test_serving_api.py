@@ -276,7 +276,22 @@ def test_malformed_json_error_says_where() -> None:
     response = client_for(recommender).post(
         "/recommend", content=raw, headers={"content-type": "application/json"}
     )
-    assert response.json()["error"] == "body: invalid JSON at character 23"
+    assert response.json()["error"] == (
+        "body: invalid JSON (Invalid JSON: EOF while parsing a value at line 1 column 23)"
+    )
+
+
+def test_json_body_is_read_whatever_the_content_type() -> None:
+    """`curl -d '{...}'` sends form-urlencoded; the body is still the JSON request."""
+    retrieval, ranking, _ = stages()
+    recommender = Recommender(LocalRetrieval(retrieval), LocalRanking(ranking), n_candidates=10, max_k=20)
+    response = client_for(recommender).post(
+        "/recommend",
+        content=b'{"user_id": "u1", "k": 3}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["items"]) == 3
 
 
 def test_error_for_k_names_the_limit(client: TestClient) -> None:
