@@ -43,6 +43,9 @@ def spark_session(cfg: FeaturesConfig) -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if cfg.spark_master.startswith("local"):
+        # A local job needs no network interface but loopback (and then Spark stops warning about it).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     spark = (
         SparkSession.builder.master(cfg.spark_master)
         .appName("recsys-features")
