@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recsys.features.schema import ITEM_FEATURES, USER_FEATURES
 from recsys.vocab import GENRES
 
 RANKER_FEATURE_SERVICE = "ranker_v1"
@@ -37,22 +38,9 @@ RANKER_FEATURE_NAMES: tuple[str, ...] = (
     "genre_affinity_mean",  # dot divided by the item's genre count
 )
 
-USER_COLUMNS: tuple[str, ...] = (
-    "user_genre_affinity",
-    "user_n_events",
-    "user_n_positive",
-    "user_n_events_30d",
-    "user_days_since_first_event",
-    "user_days_since_last_event",
-)
-ITEM_COLUMNS: tuple[str, ...] = (
-    "item_genre_vector",
-    "item_n_events",
-    "item_n_positive",
-    "item_n_events_365d",
-    "item_positive_rate",
-    "item_age_days",
-)
+# The columns the feature service `ranker_v1` serves: named once, where the offline tables are defined.
+USER_COLUMNS: tuple[str, ...] = USER_FEATURES
+ITEM_COLUMNS: tuple[str, ...] = ITEM_FEATURES
 
 
 class RankerFeatureError(ValueError):
