@@ -1,4 +1,4 @@
-"""`recsys evaluate`: Recall@K and NDCG@K on the temporal test split, against a popularity baseline.
+"""`recsys evaluate`: ranking and beyond-accuracy metrics on the temporal test split, against popularity.
 
 Protocol: for every user with a positive in the test window, the user's history is their train and
 validation events; items from that history are never recommended. Relevant items are the user's test
@@ -10,6 +10,10 @@ positives. Three recommenders are compared on the same users:
 
 Features come from Feast point-in-time reads at the start of each user's test window (moved back to
 the newest feature snapshot), so nothing from the test window reaches a model.
+
+Per model and K, metrics.json holds Recall, NDCG, Precision, MRR, MAP and hit rate (averaged over the
+test users), and catalogue coverage, category diversity, novelty and exposure Gini of the same users'
+lists cut at K. Definitions: docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -25,11 +29,23 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from evaluation.metrics import ndcg_at_k, recall_at_k
+from evaluation.beyond_accuracy import list_metrics
+from evaluation.metrics import ranking_metrics
 from recsys.config import PipelineConfig
 from recsys.state import StateDir
 
 MODELS: tuple[str, ...] = ("popularity", "retrieval", "retrieval+ranking")
+# Columns of the second table: metric key prefix -> header.
+EXTRA_COLUMNS: dict[str, str] = {
+    "precision": "P",
+    "mrr": "MRR",
+    "map": "MAP",
+    "hit_rate": "HitRate",
+    "coverage": "Coverage",
+    "category_diversity": "CatDiv",
+    "novelty": "Novelty",
+    "gini": "Gini",
+}
 console = Console(stderr=True)
 
 
@@ -46,13 +62,28 @@ class EvaluationSummary:
 def mean_metrics(
     rankings: Mapping[str, Sequence[str]], relevant: Mapping[str, set[str]], ks: Sequence[int]
 ) -> dict[str, float]:
-    """Recall@K and NDCG@K averaged over the users of `relevant` (a missing ranking scores 0)."""
-    out: dict[str, float] = {}
-    users = sorted(relevant)
-    for k in ks:
-        out[f"recall@{k}"] = float(np.mean([recall_at_k(rankings.get(u, []), relevant[u], k) for u in users]))
-        out[f"ndcg@{k}"] = float(np.mean([ndcg_at_k(rankings.get(u, []), relevant[u], k) for u in users]))
-    return out
+    """Every ranking metric at every K, averaged over the users of `relevant` (a missing ranking scores 0).
+
+    Users with an empty relevant set are left out (see `evaluation.metrics.ranking_metrics`).
+    """
+    return ranking_metrics(rankings, relevant, ks)
+
+
+def item_categories(items: pd.DataFrame) -> dict[str, set[str]]:
+    """Item id -> its set of categories (genres), from the `items` table."""
+    return {
+        str(item): set(map(str, cats)) if cats is not None else set()
+        for item, cats in zip(items["item_id"], items["categories"], strict=True)
+    }
+
+
+def users_per_item(seen: Mapping[str, set[str]]) -> dict[str, int]:
+    """Item id -> number of users with an event on it in their history: the popularity novelty uses."""
+    counts: dict[str, int] = {}
+    for items in seen.values():
+        for item in items:
+            counts[item] = counts.get(item, 0) + 1
+    return counts
 
 
 def popularity_rankings(
@@ -89,6 +120,20 @@ def render_table(models: Mapping[str, Mapping[str, float]], ks: Sequence[int], t
         table.add_column(f"NDCG@{k}", justify="right")
     for name, values in models.items():
         table.add_row(name, *[f"{values[f'{m}@{k}']:.4f}" for k in ks for m in ("recall", "ndcg")])
+    return table
+
+
+def render_extra_table(models: Mapping[str, Mapping[str, float]], ks: Sequence[int], title: str) -> Table:
+    """The other ranking and the beyond-accuracy metrics, one row per model and K."""
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("K", justify="right")
+    for header in EXTRA_COLUMNS.values():
+        table.add_column(header, justify="right")
+    for name, values in models.items():
+        for k in ks:
+            cells = [f"{values[f'{m}@{k}']:.4f}" if f"{m}@{k}" in values else "-" for m in EXTRA_COLUMNS]
+            table.add_row(name, str(k), *cells)
     return table
 
 
@@ -171,11 +216,20 @@ def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> 
         ranked = ranked.assign(rank_score=ranking.predict_matrix(matrix))
         rankings["retrieval+ranking"] = rankings_by_user(ranked, "rank_score")
 
-    models = {name: mean_metrics(rankings[name], relevant, ks) for name in MODELS}
+    categories = item_categories(dataset.items)
+    catalogue = sorted(categories)
+    item_users = users_per_item(seen)
+    models: dict[str, dict[str, float]] = {}
+    for name in MODELS:
+        models[name] = mean_metrics(rankings[name], relevant, ks)
+        lists = [rankings[name].get(u, []) for u in users]
+        models[name] |= list_metrics(lists, ks, catalogue, categories, item_users, len(seen))
     versions = {"retrieval": retrieval.version, "ranking": ranking.version}
     title = f"Test window, {len(users)} users, dataset {version}"
     table = render_table(models, ks, title)
+    extra = render_extra_table(models, ks, f"{title}: more ranking metrics and beyond accuracy")
     console.print(table)
+    console.print(extra)
 
     out_dir = state.evaluation(version)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +242,10 @@ def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> 
         "models": models,
     }
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    Console(file=(out_dir / "table.txt").open("w"), width=160).print(table)
+    with (out_dir / "table.txt").open("w") as handle:
+        table_console = Console(file=handle, width=160)
+        table_console.print(table)
+        table_console.print(extra)
     _plot(models, ks, out_dir / "metrics.png")
 
     from training.registry import log_metrics_to_run

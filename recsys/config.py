@@ -26,7 +26,7 @@ class _Frozen(BaseModel):
 
 
 class IngestConfig(_Frozen):
-    data_dir: Path = Field(default_factory=lambda: Path(os.environ.get("RECSYS_DATA_DIR", DEFAULT_DATA_DIR)))
+    data_dir: Path = Field(default_factory=lambda: Path(os.environ.get("RECSYS_DATA_DIR") or DEFAULT_DATA_DIR))
     # Keep only this many users (chosen by a seeded hash), for quick runs and tests; None keeps all.
     sample_users: int | None = Field(default=None, ge=1)
     seed: int = 0
@@ -41,7 +41,7 @@ class FeaturesConfig(_Frozen):
     # Batch features are snapshotted at this cadence so that point-in-time joins see only the past.
     snapshot_every_days: int = Field(default=90, ge=1)
     online_store: Literal["sqlite", "redis"] = "sqlite"
-    redis_url: str = Field(default_factory=lambda: os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_url: str = Field(default_factory=lambda: os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0")
 
 
 class SplitConfig(_Frozen):
@@ -97,7 +97,7 @@ class DriftConfig(_Frozen):
 
 class PipelineConfig(_Frozen):
     state_dir: Path = Field(
-        default_factory=lambda: Path(os.environ.get("RECSYS_STATE_DIR", REPO_ROOT / ".state"))
+        default_factory=lambda: Path(os.environ.get("RECSYS_STATE_DIR") or REPO_ROOT / ".state")
     )
     ingest: IngestConfig = IngestConfig()
     features: FeaturesConfig = FeaturesConfig()

@@ -52,3 +52,11 @@ def test_relative_state_dir_in_a_file_is_relative_to_the_project(tmp_path: Path)
 def test_shipped_configs_validate() -> None:
     for path in sorted((REPO_ROOT / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_an_empty_environment_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECSYS_STATE_DIR", "")
+    monkeypatch.setenv("REDIS_URL", "")
+    config = load_config()
+    assert config.state_dir == REPO_ROOT / ".state"
+    assert config.features.redis_url == "redis://127.0.0.1:6379/0"
