@@ -26,7 +26,9 @@ class _Frozen(BaseModel):
 
 
 class IngestConfig(_Frozen):
-    data_dir: Path = Field(default_factory=lambda: Path(os.environ.get("RECSYS_DATA_DIR") or DEFAULT_DATA_DIR))
+    data_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("RECSYS_DATA_DIR") or DEFAULT_DATA_DIR)
+    )
     # Keep only this many users (chosen by a seeded hash), for quick runs and tests; None keeps all.
     sample_users: int | None = Field(default=None, ge=1)
     seed: int = 0
