@@ -44,7 +44,7 @@ def _run(name: str, stage: Callable[[], Any]) -> Any:
     console.rule(f"[bold]{name}")
     try:
         result = stage()
-    except (MissingStateError, ValueError, FileNotFoundError) as err:
+    except (MissingStateError, ValueError, FileNotFoundError, FileExistsError) as err:
         console.print(f"[red]error in {name}:[/red] {err}")
         raise typer.Exit(1) from None
     console.print(f"[green]{name} done[/green] in {time.perf_counter() - started:.1f} s")
@@ -127,6 +127,20 @@ def drift(
 
     cfg = _config(config, set_)
     _run("drift", lambda: run_drift(cfg, dataset_version))
+
+
+@app.command()
+def simulate(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    out: Path | None = typer.Option(None, "--out", help="Output folder (default: <state_dir>/simulated)."),
+) -> None:
+    """Simulate a platform's event log (users, items, sessions, clicks, conversions, bots, drift)."""
+    from recsys.simulator.stage import run_simulate
+    from recsys.state import StateDir
+
+    cfg = _config(config, set_)
+    _run("simulate", lambda: run_simulate(cfg.simulator, out or StateDir(cfg.state_dir).simulated))
 
 
 @app.command()

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from recsys.simulator.settings import SimulatorConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "ml-latest-small"
 
@@ -109,6 +111,7 @@ class PipelineConfig(_Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     serve: ServeConfig = ServeConfig()
     drift: DriftConfig = DriftConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

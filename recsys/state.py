@@ -10,6 +10,7 @@ Layout (all paths below ``root``)::
     feast/                        Feast registry and the SQLite online store
     mlflow/                       MLflow tracking database and artefacts
     ray/                          Ray Train run storage while a training job runs
+    simulated/                    the simulator's partitioned event log, items and users
     evaluation/<dataset_version>/ metrics.json and the printed table
     drift/<dataset_version>/      Evidently HTML report and drift.json
 """
@@ -70,6 +71,11 @@ class StateDir:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.mlflow / "artifacts"
+
+    @property
+    def simulated(self) -> Path:
+        """Where `recsys simulate` writes a simulated platform log unless told otherwise."""
+        return self.root / "simulated"
 
     @property
     def ray(self) -> Path:
