@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 
 from recsys.config import PipelineConfig
+from recsys.ingest.cleaning import CleaningConfig, Reconciliation, clean_events, drop_duplicate_ids
 from recsys.ingest.movielens import SOURCE_FILES, read_movielens
 from recsys.ingest.snapshot import save_dataset
 from recsys.state import StateDir
@@ -43,12 +44,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_ingest(config: PipelineConfig, dataset_version: str | None = None) -> IngestSummary:
+def run_ingest(
+    config: PipelineConfig, dataset_version: str | None = None, cleaning: CleaningConfig | None = None
+) -> IngestSummary:
     """Ingest ``config.ingest.data_dir`` into ``state_dir``; re-running on the same input writes nothing.
+
+    Events resent with the same id are dropped before the contracts (which would otherwise quarantine
+    both copies); the contracts' clean events are then cleaned (bursts, bots, dwell cap, late count), and
+    every input event is accounted for in the manifest's ``reconciliation``.
 
     Args:
         config: the pipeline configuration (``ingest`` section and ``state_dir``).
         dataset_version: unused; ingest derives the version from the content it reads.
+        cleaning: cleaning thresholds (default: :class:`CleaningConfig` defaults).
     """
     from data_contracts import validate_table
 
@@ -63,18 +71,39 @@ def run_ingest(config: PipelineConfig, dataset_version: str | None = None) -> In
     with console.status("validating items and users (Great Expectations)"):
         items = validate_table("items", raw.items)
         users = validate_table("users", raw.users)
-    with console.status(f"validating {len(raw.events):,} events (Great Expectations)"):
+    cleaning = cleaning or CleaningConfig()
+    unique_events, resent = drop_duplicate_ids(raw.events)
+    with console.status(f"validating {len(unique_events):,} events (Great Expectations)"):
         events = validate_table(
             "interaction_events",
-            raw.events,
+            unique_events,
             known_user_ids=set(users.clean["user_id"]),
             known_item_ids=set(items.clean["item_id"]),
         )
+    with console.status("cleaning events (duplicates, bots, dwell, late arrivals)"):
+        cleaned = clean_events(events.clean, cleaning)
+    reconciliation = Reconciliation(
+        rows_in=len(raw.events),
+        clean=len(cleaned.events),
+        quarantined=len(events.quarantine),
+        duplicates=resent + cleaned.duplicates,
+        bots=cleaned.bots,
+        late=cleaned.late,
+        dwell_capped=cleaned.dwell_capped,
+        bot_users=cleaned.bot_users,
+    ).check()
+    events = replace(events, clean=cleaned.events)
     results = {"interaction_events": events, "items": items, "users": users}
     for name, result in results.items():
         if result.clean.empty:
             reasons = "; ".join(result.failures) or "the source has no rows"
             raise IngestError(f"no clean rows in {name}: {reasons}")
+    counts = {
+        name: {"rows_in": r.rows_in, "clean": len(r.clean), "quarantined": len(r.quarantine)}
+        for name, r in results.items()
+    }
+    # Events dropped as duplicates or bots are neither clean nor quarantined, but they did come in.
+    counts["interaction_events"]["rows_in"] = reconciliation.rows_in
     with console.status("writing the dataset snapshot"):
         version, created = save_dataset(
             state,
@@ -85,13 +114,12 @@ def run_ingest(config: PipelineConfig, dataset_version: str | None = None) -> In
             quarantine=pd.concat([r.quarantine for r in results.values()], ignore_index=True),
             extra_manifest={
                 "quarantine_reasons": {name: r.failures for name, r in results.items()},
+                "counts": counts,
+                "reconciliation": {"interaction_events": reconciliation.as_dict()},
+                "cleaning_config": cleaning.model_dump(mode="json"),
                 "ingest_config": cfg.model_dump(mode="json", exclude={"data_dir"}),
             },
         )
-    counts = {
-        name: {"rows_in": r.rows_in, "clean": len(r.clean), "quarantined": len(r.quarantine)}
-        for name, r in results.items()
-    }
     seconds = time.perf_counter() - started
     verb = "wrote" if created else "already had"
     console.print(
