@@ -54,13 +54,21 @@ def _run(name: str, stage: Callable[[], Any]) -> Any:
 
 
 @app.command()
-def ingest(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
-    """Read MovieLens, check the data contracts, quarantine bad rows, write a versioned snapshot and split."""
+def ingest(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    source: Path | None = typer.Option(
+        None, "--source", help="A CSV or Parquet event log instead of MovieLens."
+    ),
+    mapping: Path | None = typer.Option(None, "--mapping", help="Column mapping YAML for --source."),
+) -> None:
+    """Read MovieLens (or --source with --mapping), check the contracts, quarantine bad rows, clean,
+    write a versioned snapshot and its split."""
     from evaluation.split import run_split
     from recsys.ingest.stage import run_ingest
 
     cfg = _config(config, set_)
-    summary = _run("ingest", lambda: run_ingest(cfg))
+    summary = _run("ingest", lambda: run_ingest(cfg, source=source, mapping=mapping))
     _run("split", lambda: run_split(cfg, summary.dataset_version))
 
 

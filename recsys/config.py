@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from recsys.ingest.cleaning import CleaningConfig
 from recsys.simulator.settings import SimulatorConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +105,7 @@ class PipelineConfig(_Frozen):
         default_factory=lambda: Path(os.environ.get("RECSYS_STATE_DIR") or REPO_ROOT / ".state")
     )
     ingest: IngestConfig = IngestConfig()
+    cleaning: CleaningConfig = CleaningConfig()
     features: FeaturesConfig = FeaturesConfig()
     split: SplitConfig = SplitConfig()
     two_tower: TwoTowerConfig = TwoTowerConfig()

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
 
 from recsys.cli import app
+from recsys.config import REPO_ROOT
 
 runner = CliRunner()
 
@@ -30,3 +32,38 @@ def test_stage_without_its_inputs_exits_1_readably(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "run `recsys ingest` first" in result.output
     assert "Traceback" not in result.output
+
+
+def test_ingest_imports_any_log_with_a_column_mapping(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            "--set",
+            f"state_dir={state_dir}",
+            "--source",
+            str(REPO_ROOT / "tests" / "data" / "shop_purchases.csv"),
+            "--mapping",
+            str(REPO_ROOT / "configs" / "mappings" / "shop_purchases.example.yaml"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    version = (state_dir / "datasets" / "LATEST").read_text().strip()
+    manifest = json.loads((state_dir / "datasets" / version / "manifest.json").read_text())
+    assert manifest["source"]["name"] == "log"
+    reconciliation = manifest["reconciliation"]["interaction_events"]
+    assert (
+        reconciliation["rows_in"]
+        == reconciliation["clean"]
+        + reconciliation["quarantined"]
+        + reconciliation["duplicates"]
+        + reconciliation["bots"]
+    )
+    assert (state_dir / "splits" / version / "train.parquet").exists()
+
+
+def test_source_without_mapping_is_one_readable_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", "--set", f"state_dir={tmp_path}", "--source", "x.csv"])
+    assert result.exit_code == 1
+    assert "--source and --mapping go together" in result.output

@@ -13,9 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.config import IngestConfig, PipelineConfig
-from recsys.ingest import load_dataset, movielens, run_ingest
+from recsys.ingest import movielens
 from recsys.ingest.movielens import SourceDataError, read_movielens, sample_user_ids
 from recsys.ingest.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA
+from recsys.ingest.snapshot import load_dataset
+from recsys.ingest.stage import run_ingest
 from recsys.state import StateDir
 
 T0 = 1_000_000_000  # 2001-09-09T01:46:40Z

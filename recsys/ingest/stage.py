@@ -11,7 +11,8 @@ import pandas as pd
 from rich.console import Console
 
 from recsys.config import PipelineConfig
-from recsys.ingest.cleaning import CleaningConfig, Reconciliation, clean_events, drop_duplicate_ids
+from recsys.ingest.cleaning import Reconciliation, clean_events, drop_duplicate_ids
+from recsys.ingest.log_import import import_log
 from recsys.ingest.movielens import SOURCE_FILES, read_movielens
 from recsys.ingest.snapshot import save_dataset
 from recsys.state import StateDir
@@ -45,18 +46,23 @@ def _sha256(path: Path) -> str:
 
 
 def run_ingest(
-    config: PipelineConfig, dataset_version: str | None = None, cleaning: CleaningConfig | None = None
+    config: PipelineConfig,
+    dataset_version: str | None = None,
+    source: Path | None = None,
+    mapping: Path | None = None,
 ) -> IngestSummary:
-    """Ingest ``config.ingest.data_dir`` into ``state_dir``; re-running on the same input writes nothing.
+    """Ingest MovieLens (``config.ingest.data_dir``), or any log given by ``source`` and its column
+    ``mapping``, into ``state_dir``; re-running on the same input writes nothing.
 
     Events resent with the same id are dropped before the contracts (which would otherwise quarantine
     both copies); the contracts' clean events are then cleaned (bursts, bots, dwell cap, late count), and
     every input event is accounted for in the manifest's ``reconciliation``.
 
     Args:
-        config: the pipeline configuration (``ingest`` section and ``state_dir``).
+        config: the pipeline configuration (``ingest`` and ``cleaning`` sections, ``state_dir``).
         dataset_version: unused; ingest derives the version from the content it reads.
-        cleaning: cleaning thresholds (default: :class:`CleaningConfig` defaults).
+        source: a CSV or Parquet event log to import instead of MovieLens.
+        mapping: the column mapping YAML for ``source`` (required with it).
     """
     from data_contracts import validate_table
 
@@ -64,14 +70,30 @@ def run_ingest(
     console = Console(stderr=True)
     cfg = config.ingest
     state = StateDir(config.state_dir)
-    data_dir = Path(cfg.data_dir)
-    with console.status(f"reading MovieLens from {data_dir}"):
-        raw = read_movielens(cfg)
-        files = {name: {"sha256": _sha256(data_dir / name)} for name in SOURCE_FILES}
+    if (source is None) != (mapping is None):
+        raise IngestError("--source and --mapping go together: a log needs its column mapping")
+    if source is not None and mapping is not None:
+        with console.status(f"importing {source.name} with mapping {mapping.name}"):
+            imported = import_log(source, mapping)
+        raw, import_quarantine, rows_in = imported.tables, imported.quarantine, imported.rows_in
+        origin: dict[str, object] = {
+            "name": "log",
+            "files": {source.name: {"sha256": _sha256(source)}, mapping.name: {"sha256": _sha256(mapping)}},
+        }
+    else:
+        data_dir = Path(cfg.data_dir)
+        with console.status(f"reading MovieLens from {data_dir}"):
+            raw = read_movielens(cfg)
+        import_quarantine, rows_in = None, len(raw.events)
+        origin = {
+            "name": "movielens",
+            "directory": data_dir.name,
+            "files": {name: {"sha256": _sha256(data_dir / name)} for name in SOURCE_FILES},
+        }
     with console.status("validating items and users (Great Expectations)"):
         items = validate_table("items", raw.items)
         users = validate_table("users", raw.users)
-    cleaning = cleaning or CleaningConfig()
+    cleaning = config.cleaning
     unique_events, resent = drop_duplicate_ids(raw.events)
     with console.status(f"validating {len(unique_events):,} events (Great Expectations)"):
         events = validate_table(
@@ -82,10 +104,11 @@ def run_ingest(
         )
     with console.status("cleaning events (duplicates, bots, dwell, late arrivals)"):
         cleaned = clean_events(events.clean, cleaning)
+    quarantines = [import_quarantine] if import_quarantine is not None and len(import_quarantine) else []
     reconciliation = Reconciliation(
-        rows_in=len(raw.events),
+        rows_in=rows_in,
         clean=len(cleaned.events),
-        quarantined=len(events.quarantine),
+        quarantined=len(events.quarantine) + sum(len(q) for q in quarantines),
         duplicates=resent + cleaned.duplicates,
         bots=cleaned.bots,
         late=cleaned.late,
@@ -102,16 +125,19 @@ def run_ingest(
         name: {"rows_in": r.rows_in, "clean": len(r.clean), "quarantined": len(r.quarantine)}
         for name, r in results.items()
     }
-    # Events dropped as duplicates or bots are neither clean nor quarantined, but they did come in.
+    # Events dropped as duplicates or bots, or quarantined on import, did come in.
     counts["interaction_events"]["rows_in"] = reconciliation.rows_in
+    counts["interaction_events"]["quarantined"] = reconciliation.quarantined
     with console.status("writing the dataset snapshot"):
         version, created = save_dataset(
             state,
             events.clean,
             items.clean,
             users.clean,
-            source={"name": "movielens", "directory": data_dir.name, "files": files},
-            quarantine=pd.concat([r.quarantine for r in results.values()], ignore_index=True),
+            source=origin,
+            quarantine=pd.concat(
+                [*quarantines, *(r.quarantine for r in results.values())], ignore_index=True
+            ),
             extra_manifest={
                 "quarantine_reasons": {name: r.failures for name, r in results.items()},
                 "counts": counts,
