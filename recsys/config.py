@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recsys.ingest.cleaning import CleaningConfig
 from recsys.simulator.settings import SimulatorConfig
+from serving.reranking import RerankConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "ml-latest-small"
@@ -91,6 +92,7 @@ class ServeConfig(_Frozen):
     max_k: int = Field(default=100, ge=1)
     # Past this, the answer is given in retrieval order (fallback) rather than late.
     ranking_timeout_s: float = Field(default=1.0, gt=0)
+    rerank: RerankConfig = RerankConfig()
 
 
 class DriftConfig(_Frozen):

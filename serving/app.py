@@ -1,7 +1,9 @@
 """The Ray Serve application: an HTTP ingress composing a retrieval and a ranking deployment.
 
-    HTTP -> Ingress (FastAPI) -> Retrieval (two-tower + FAISS, user features from Feast)
-                              -> Ranking (LightGBM, candidate features in one batched Feast read)
+    HTTP -> Ingress (FastAPI; no repeats of recently shown items, blocklist)
+              -> Retrieval (two-tower + FAISS, user features from Feast)
+              -> Ranking (LightGBM, candidate features in one batched Feast read, then re-ranking:
+                          MMR over the two-tower item embeddings, genre caps, freshness, pins)
 
 Each replica resolves the `champion` aliases and loads its artefacts and Feast store once, in
 `__init__`; a request only reads online features and runs the models.
@@ -27,6 +29,7 @@ from recsys.config import REPO_ROOT, PipelineConfig, ServeConfig, load_config
 from recsys.state import MissingStateError, StateDir
 from serving.api import create_api
 from serving.recommender import Recommender
+from serving.reranking import ItemVectors
 from serving.roles import FeatureReader
 from serving.schemas import request_model
 from serving.stages import RETRIEVAL_FEATURE_SERVICE, Candidates, RankingStage, RetrievalStage
@@ -60,13 +63,32 @@ def load_retrieval_stage(config: PipelineConfig) -> RetrievalStage:
     return stage
 
 
+def load_item_vectors(config: PipelineConfig) -> ItemVectors:
+    """The retrieval champion's item embeddings, for MMR similarity in the ranking replica.
+
+    Read straight from the artefact files (catalogue ids and the embedding matrix) so the ranking replica
+    does not load the two-tower model or its FAISS index.
+    """
+    import json
+
+    import numpy as np
+
+    from training.registry import load_champion
+
+    artifact_dir, _ = load_champion(StateDir(config.state_dir), RETRIEVAL_MODEL)
+    catalog = json.loads((Path(artifact_dir) / "catalog_item_ids.json").read_text())
+    return ItemVectors([str(i) for i in catalog], np.load(Path(artifact_dir) / "item_embeddings.npy"))
+
+
 def load_ranking_stage(config: PipelineConfig) -> RankingStage:
-    """The champion ranker with an online feature reader, warmed up."""
+    """The champion ranker with an online feature reader and re-ranking, warmed up."""
     from training.registry import load_champion
     from training.runtime import RankingModel
 
     artifact_dir, version = load_champion(StateDir(config.state_dir), RANKING_MODEL)
-    stage = RankingStage(RankingModel.load(artifact_dir, version), _reader(config))
+    rerank = config.serve.rerank
+    vectors = load_item_vectors(config) if rerank.enabled and rerank.mmr_lambda < 1.0 else None
+    stage = RankingStage(RankingModel.load(artifact_dir, version), _reader(config), rerank, vectors)
     stage.warm_up()
     return stage
 
@@ -163,6 +185,7 @@ class Ingress:
             n_candidates=settings.n_candidates,
             max_k=settings.max_k,
             ranking_timeout_s=settings.ranking_timeout_s,
+            rerank=settings.rerank,
         )
         await self._recommender.warm_up()
 

@@ -4,6 +4,10 @@ Fallback chain, in order: popularity for users the retrieval model does not know
 retrieval order when ranking fails or is late (`ranking_failed`, `ranking_timeout`); the popularity list
 fetched at start-up when retrieval itself fails (`retrieval_failed`). A valid request always gets an
 answer unless retrieval fails before a single popularity list was fetched.
+
+Re-ranking (`serving.reranking`) runs in the ranking deployment, where the candidates' features are;
+the ingress keeps what only it sees, the items each user was just shown, and removes those (and the
+blocklist) from every list before it is ranked or returned, on fallback paths too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import uuid
 from typing import Protocol
 
+from serving.reranking import RecentlyShown, RerankConfig
 from serving.schemas import (
     HealthResponse,
     ModelVersion,
@@ -87,6 +92,7 @@ class Recommender:
         n_candidates: How many candidates retrieval hands to ranking (at least `k`).
         max_k: The largest `k` a request may ask for; the start-up popularity list has this length.
         ranking_timeout_s: How long to wait for ranking before answering in retrieval order.
+        rerank: Its blocklist and no-repeat window are applied here; None applies neither.
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class Recommender:
         n_candidates: int,
         max_k: int,
         ranking_timeout_s: float = 1.0,
+        rerank: RerankConfig | None = None,
     ) -> None:
         self._retrieval = retrieval
         self._ranking = ranking
@@ -103,6 +110,12 @@ class Recommender:
         self._max_k = max_k
         self._ranking_timeout_s = ranking_timeout_s
         self._popular: Candidates | None = None
+        self._blocklist = rerank.blocklist if rerank is not None else frozenset()
+        self._recent = (
+            RecentlyShown(rerank.no_repeat_responses, rerank.recent_users)
+            if rerank is not None and rerank.enabled and rerank.no_repeat_responses > 0
+            else None
+        )
 
     async def warm_up(self) -> None:
         """Fetch the last-resort popularity list; a failure here is logged, not fatal."""
@@ -113,15 +126,24 @@ class Recommender:
 
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         """The top `request.k` items for the user, with the versions and fallback that produced them."""
+        response = await self._recommend(request)
+        if self._recent is not None:
+            self._recent.record(request.user_id, [item.item_id for item in response.items])
+        return response
+
+    async def _recommend(self, request: RecommendRequest) -> RecommendResponse:
         request_id = uuid.uuid4().hex
+        banned = self._blocklist | (self._recent.items(request.user_id) if self._recent else frozenset())
         n = max(self._n_candidates, request.k)
+        # A popularity answer is only k long: ask for enough that k remain once banned items are gone.
+        k_fetch = min(request.k + len(banned), n)
         try:
-            candidates = await self._retrieval.candidates(request.user_id, n, request.k)
+            candidates = (await self._retrieval.candidates(request.user_id, n, k_fetch)).without(banned)
         except Exception:
             logger.exception("retrieval failed for request %s", request_id)
             if self._popular is None:
                 raise ServiceUnavailableError("retrieval is unavailable and no fallback is loaded") from None
-            return _response(request_id, request, self._popular, None, "retrieval_failed")
+            return _response(request_id, request, self._popular.without(banned), None, "retrieval_failed")
         if candidates.fallback_reason is not None:
             return _response(request_id, request, candidates, None, candidates.fallback_reason)
         try:

@@ -12,12 +12,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recsys.vocab import GENRES
+from serving.reranking import ItemInfo, ItemVectors, RerankConfig, genre_matrix, rerank
 from serving.roles import FeatureReader, RankingModel, RetrievalModel
 
 USER_KEY = "user_id"
 ITEM_KEY = "item_id"
 RETRIEVAL_FEATURE_SERVICE = "two_tower_v1"
 UNKNOWN_USER = "unknown_user"
+# Item features of the ranker's online read that re-ranking reuses (no second read).
+GENRE_COLUMN = "item_genre_vector"
+AGE_COLUMN = "item_age_days"
 
 
 class FeatureReadError(ValueError):
@@ -45,6 +50,18 @@ class Candidates:
         """The first `k` items."""
         return Candidates(self.item_ids[:k], self.scores[:k], self.model_version, self.fallback_reason)
 
+    def without(self, item_ids: frozenset[str]) -> Candidates:
+        """The same list minus `item_ids` (items that must not be shown), order kept."""
+        if not item_ids:
+            return self
+        keep = [j for j, item in enumerate(self.item_ids) if item not in item_ids]
+        return Candidates(
+            [self.item_ids[j] for j in keep],
+            [self.scores[j] for j in keep],
+            self.model_version,
+            self.fallback_reason,
+        )
+
 
 def order_by_score(item_ids: list[str], scores: np.ndarray) -> tuple[list[str], list[float]]:
     """Items sorted by descending score; ties keep their input (retrieval) order.
@@ -56,6 +73,27 @@ def order_by_score(item_ids: list[str], scores: np.ndarray) -> tuple[list[str], 
         raise ValueError(f"{len(item_ids)} item ids but {len(scores)} scores")
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     return [item_ids[i] for i in order], [float(scores[i]) for i in order]
+
+
+def item_info(items: pd.DataFrame, item_ids: list[str], vectors: ItemVectors | None) -> ItemInfo:
+    """What re-ranking needs from the candidates' online item features (and the retrieval embeddings).
+
+    Columns the read did not return are left out (None), which switches the rules using them off.
+
+    >>> info = item_info(pd.DataFrame({"item_age_days": [3.0]}), ["a"], None)
+    >>> info.categories is None, info.age_days.tolist()
+    (True, [3.0])
+    """
+    categories = (
+        genre_matrix(items[GENRE_COLUMN], len(items), len(GENRES)) if GENRE_COLUMN in items.columns else None
+    )
+    age = (
+        pd.to_numeric(items[AGE_COLUMN], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        if AGE_COLUMN in items.columns
+        else None
+    )
+    embeddings = vectors.lookup(item_ids) if vectors is not None else None
+    return ItemInfo(embeddings=embeddings, categories=categories, age_days=age)
 
 
 def split_features(frame: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -128,11 +166,21 @@ class RankingStage:
     Args:
         model: The champion ranking model.
         read_features: Online feature reads.
+        rerank_config: Re-ranking applied to the ranker's order; None returns the ranker's order as is.
+        item_vectors: Item embeddings for MMR similarity; without them MMR compares genre vectors.
     """
 
-    def __init__(self, model: RankingModel, read_features: FeatureReader) -> None:
+    def __init__(
+        self,
+        model: RankingModel,
+        read_features: FeatureReader,
+        rerank_config: RerankConfig | None = None,
+        item_vectors: ItemVectors | None = None,
+    ) -> None:
         self.model = model
         self._read = read_features
+        self._rerank = rerank_config
+        self._vectors = item_vectors
 
     @property
     def version(self) -> str:
@@ -143,7 +191,7 @@ class RankingStage:
         self._read(self.model.feature_service, [{USER_KEY: "__warm_up__", ITEM_KEY: "__warm_up__"}])
 
     def rank(self, user_id: str, candidates: Candidates) -> Candidates:
-        """The candidates re-ordered by the ranker's score."""
+        """The candidates re-ordered by the ranker's score, then re-ranked when a config is set."""
         if not candidates.item_ids:
             return Candidates([], [], self.version)
         rows = [{USER_KEY: user_id, ITEM_KEY: item_id} for item_id in candidates.item_ids]
@@ -156,5 +204,9 @@ class RankingStage:
         )
         if scores.shape != (len(rows),):
             raise ValueError(f"ranker returned scores of shape {scores.shape} for {len(rows)} candidates")
-        ids, ordered = order_by_score(candidates.item_ids, scores)
+        if self._rerank is not None:
+            info = item_info(items, candidates.item_ids, self._vectors)
+            ids, ordered = rerank(candidates.item_ids, scores, info, self._rerank)
+        else:
+            ids, ordered = order_by_score(candidates.item_ids, scores)
         return Candidates(ids, ordered, self.version)

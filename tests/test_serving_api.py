@@ -310,3 +310,64 @@ def test_describe_errors_joins_fields() -> None:
         {"loc": ("body",), "msg": "bad"},
     ]
     assert describe_errors(errors) == "k: too big; body: bad"
+
+
+def genre_features() -> TableFeatures:
+    """Items i8..i11 (the ranker's favourites) share genre 0; the rest are genre 1; i5 is brand new."""
+    genre = {n: [1.0 if g == (0 if n >= 8 else 1) else 0.0 for g in range(19)] for n in range(30)}
+    return TableFeatures(
+        users={"u1": {"user_n_events": 12}},
+        items={
+            item: {
+                "item_n_events": n,
+                "item_genre_vector": genre[n],
+                "item_age_days": 0.0 if n == 5 else 900.0,
+            }
+            for n, item in enumerate(ITEMS)
+        },
+    )
+
+
+def test_reranking_caps_genres_and_never_repeats_recent_items() -> None:
+    from serving.reranking import Pin, RerankConfig
+
+    config = RerankConfig(
+        mmr_lambda=1.0,
+        max_per_category=2,
+        cap_window=4,
+        freshness_weight=0.0,
+        no_repeat_responses=1,
+        blocklist=frozenset({"i7"}),
+        pins=(Pin(item_id="i29", position=3),),
+    )
+    reader = genre_features()
+    retrieval = RetrievalStage(CatalogRetrieval({"u1": {"i0", "i2"}}), reader)
+    ranking = RankingStage(CountRanker(), reader, config)
+    recommender = Recommender(
+        LocalRetrieval(retrieval), LocalRanking(ranking), n_candidates=10, max_k=20, rerank=config
+    )
+    with client_for(recommender) as client:
+        first = client.post("/recommend", json={"user_id": "u1", "k": 5}).json()
+        second = client.post("/recommend", json={"user_id": "u1", "k": 5}).json()
+        third = client.post("/recommend", json={"user_id": "u1", "k": 5}).json()
+    # Ranker order i11 i10 i9 i8 i6 i5 ...: two of genre 0, then genre 1 (i7 blocklisted), i29 pinned at 3.
+    assert [item["item_id"] for item in first["items"]] == ["i11", "i10", "i29", "i6", "i5"]
+    assert [item["position"] for item in first["items"]] == [1, 2, 3, 4, 5]
+    assert first["fallback"] is False and first["model_version"] == {"retrieval": "7", "ranking": "3"}
+    shown = {item["item_id"] for item in first["items"]}
+    assert not shown & {item["item_id"] for item in second["items"] if item["item_id"] != "i29"}
+    assert {item["item_id"] for item in third["items"]} & shown  # only the last response is remembered
+    assert all("i7" not in [item["item_id"] for item in body["items"]] for body in (first, second, third))
+
+
+def test_freshness_lifts_a_new_item_end_to_end() -> None:
+    from serving.reranking import RerankConfig
+
+    config = RerankConfig(mmr_lambda=1.0, max_per_category=None, freshness_weight=2.0, no_repeat_responses=0)
+    reader = genre_features()
+    retrieval = RetrievalStage(CatalogRetrieval({"u1": {"i0", "i2"}}), reader)
+    ranking = RankingStage(CountRanker(), reader, config)
+    recommender = Recommender(LocalRetrieval(retrieval), LocalRanking(ranking), n_candidates=10, max_k=20)
+    with client_for(recommender) as client:
+        body = client.post("/recommend", json={"user_id": "u1", "k": 2}).json()
+    assert [item["item_id"] for item in body["items"]] == ["i5", "i11"]

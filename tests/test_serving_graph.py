@@ -64,3 +64,25 @@ def test_serving_without_champions_fails_in_one_readable_line(state: StateDir) -
         check_champions(PipelineConfig(state_dir=state.root))
     with pytest.raises(MissingStateError, match="no champion"):
         app_from_env({"state_dir": str(state.root)})
+
+
+def reranking_stage() -> RankingStage:
+    from test_serving_api import CountRanker, genre_features
+
+    from serving.reranking import RerankConfig
+
+    config = RerankConfig(mmr_lambda=1.0, max_per_category=2, cap_window=4, freshness_weight=0.0)
+    return RankingStage(CountRanker(), genre_features(), config)
+
+
+def test_graph_reranks_after_ranking_and_skips_recent_items(serve_module: Any) -> None:
+    from serving.app import build_graph
+
+    settings = ServeConfig(n_candidates=10, max_k=20)  # the default re-rank config: no repeats of 3 answers
+    handle = serve_module.run(
+        build_graph(retrieval_stage, reranking_stage, settings), _local_testing_mode=True
+    )
+    first = handle.recommend.remote({"user_id": "u1", "k": 3}).result()
+    assert [item["item_id"] for item in first["items"]] == ["i11", "i10", "i7"]  # genre 0 capped at two
+    second = handle.recommend.remote({"user_id": "u1", "k": 3}).result()
+    assert [item["item_id"] for item in second["items"]] == ["i9", "i8", "i6"]
