@@ -117,7 +117,7 @@ def evaluate(
     set_: list[str] | None = SetOption,
     dataset_version: str | None = VersionOption,
 ) -> None:
-    """Recall@K and NDCG@K on the temporal test split: popularity vs retrieval vs retrieval + ranking."""
+    """Ranking and beyond-accuracy metrics on the temporal test split: baselines vs retrieval vs + ranking."""
     from evaluation.evaluate import run_evaluate
 
     cfg = _config(config, set_)
