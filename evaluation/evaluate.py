@@ -34,7 +34,6 @@ from evaluation.metrics import ranking_metrics
 from recsys.config import PipelineConfig
 from recsys.state import StateDir
 
-MODELS: tuple[str, ...] = ("popularity", "retrieval", "retrieval+ranking")
 # Columns of the second table: metric key prefix -> header.
 EXTRA_COLUMNS: dict[str, str] = {
     "precision": "P",
@@ -162,8 +161,33 @@ def _plot(models: Mapping[str, Mapping[str, float]], ks: Sequence[int], path: Pa
     plt.close(fig)
 
 
+def baseline_rankings(
+    names: Sequence[str],
+    items: pd.DataFrame,
+    history: pd.DataFrame,
+    users: Sequence[str],
+    seen: Mapping[str, set[str]],
+    n: int,
+) -> dict[str, dict[str, list[str]]]:
+    """Top-n lists of the named collaborative-filtering baselines, fitted on the users' history."""
+    from training.baselines import default_baselines
+
+    available = default_baselines(item_categories(items))
+    unknown = sorted(set(names) - set(available))
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(available)}")
+    rankings: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        lists = (
+            available[name].fit(history).recommend(list(users), n, {u: set(seen.get(u, ())) for u in users})
+        )
+        rankings[name] = dict(zip(users, lists, strict=True))
+    return rankings
+
+
 def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> EvaluationSummary:
-    """Evaluate the three recommenders on the test split; write metrics.json, a table and a figure."""
+    """Evaluate popularity, the CF baselines, retrieval and retrieval + ranking on the test split;
+    write metrics.json, a table and a figure."""
     from evaluation.split import load_split
     from recsys.features.store import build_store, historical_features
     from recsys.ingest.snapshot import load_dataset
@@ -191,6 +215,7 @@ def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> 
         rankings: dict[str, dict[str, list[str]]] = {}
         popular = [item for item, _ in ex.popularity(history)]
         rankings["popularity"] = popularity_rankings(popular, users, seen, max(ks))
+        rankings |= baseline_rankings(config.evaluate.baselines, dataset.items, history, users, seen, max(ks))
 
         status.update("retrieval: candidates at each user's test start")
         starts = ex.window_starts(split.test[split.test["user_id"].astype(str).isin(users)])
@@ -220,7 +245,7 @@ def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> 
     catalogue = sorted(categories)
     item_users = users_per_item(seen)
     models: dict[str, dict[str, float]] = {}
-    for name in MODELS:
+    for name in rankings:
         models[name] = mean_metrics(rankings[name], relevant, ks)
         lists = [rankings[name].get(u, []) for u in users]
         models[name] |= list_metrics(lists, ks, catalogue, categories, item_users, len(seen))

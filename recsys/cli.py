@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.pretty import Pretty
 
 from recsys.config import ConfigError, PipelineConfig, load_config
 from recsys.state import MissingStateError
@@ -49,7 +50,8 @@ def _run(name: str, stage: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
     console.print(f"[green]{name} done[/green] in {time.perf_counter() - started:.1f} s")
     if result is not None:
-        console.print(result)
+        # The summary in brief: the stages print their own tables; files hold the details.
+        console.print(Pretty(result, max_depth=2, max_length=6))
     return result
 
 

@@ -83,6 +83,8 @@ class RankerConfig(_Frozen):
 
 class EvaluateConfig(_Frozen):
     ks: tuple[int, ...] = (10, 50, 100)
+    # Simple collaborative filters always in the table beside popularity (training/baselines.py names).
+    baselines: tuple[str, ...] = ("item-knn", "implicit-als")
 
 
 class ServeConfig(_Frozen):
