@@ -32,7 +32,7 @@ from rich.table import Table
 from evaluation.beyond_accuracy import list_metrics
 from evaluation.metrics import ranking_metrics
 from recsys.config import PipelineConfig
-from recsys.state import StateDir
+from recsys.state import MissingStateError, StateDir
 
 # Columns of the second table: metric key prefix -> header.
 EXTRA_COLUMNS: dict[str, str] = {
@@ -185,6 +185,23 @@ def baseline_rankings(
     return rankings
 
 
+def require_trained_on(state: StateDir, version: str) -> None:
+    """Refuse to score champions on a dataset version they were not trained on: the split would not
+    match the one their training saw, so the figures would mix training and test data."""
+    from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, champion_version
+
+    for model_name in (TWO_TOWER_MODEL, RANKER_MODEL):
+        entry = champion_version(state, model_name)
+        if entry is None:
+            raise MissingStateError(f"no champion {model_name}: run `recsys train` first")
+        trained_on = entry.tags.get("dataset_version")
+        if trained_on != version:
+            raise ValueError(
+                f"champion {model_name} v{entry.version} was trained on dataset {trained_on}, not {version}: "
+                f"train on {version} first, or evaluate with --dataset-version {trained_on}"
+            )
+
+
 def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> EvaluationSummary:
     """Evaluate popularity, the CF baselines, retrieval and retrieval + ranking on the test split;
     write metrics.json, a table and a figure."""
@@ -207,6 +224,11 @@ def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> 
         history = pd.concat([split.train, split.validation], ignore_index=True)
         relevant = ex.items_by_user(ex.positives(split.test))
         users = sorted(relevant)
+        if not users:
+            raise ValueError(
+                f"dataset {version} has no test users with a positive event: nothing to evaluate"
+            )
+        require_trained_on(state, version)
         seen = ex.items_by_user(history)
         retrieval = RetrievalModel.load(*load_champion(state, TWO_TOWER_MODEL))
         ranking = RankingModel.load(*load_champion(state, RANKER_MODEL))

@@ -138,3 +138,29 @@ def run_split(config: PipelineConfig, dataset_version: str | None = None) -> Spl
         f"validation {counts['validation']:,}, test {counts['test']:,}"
     )
     return SplitSummary(version, created, counts["train"], counts["validation"], counts["test"], folder)
+
+
+def export_split(state: StateDir, version: str, out_dir: Path) -> dict[str, Path]:
+    """Write each part of the split as plain Parquet (user_id, item_id, timestamp, event_type), so any
+    outside library can be evaluated on exactly the same interactions.
+
+    Returns:
+        The written file of each part, by part name.
+    """
+    split = load_split(state, version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for part in PARTS:
+        frame = getattr(split, part)
+        plain = pd.DataFrame(
+            {
+                "user_id": frame["user_id"].astype(str),
+                "item_id": frame["item_id"].astype(str),
+                "timestamp": frame["event_ts"],
+                "event_type": frame["event_type"].astype(str),
+            }
+        )
+        path = out_dir / f"{part}.parquet"
+        plain.to_parquet(path, index=False)
+        written[part] = path
+    return written

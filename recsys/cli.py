@@ -162,6 +162,26 @@ def serve(config: Path | None = ConfigOption, set_: list[str] | None = SetOption
     _run("serve", lambda: run_serve(cfg, blocking=True))
 
 
+data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("export-split")
+def export_split(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    dataset_version: str | None = VersionOption,
+    out: Path = typer.Option(..., "--out", help="Folder for train/validation/test.parquet."),
+) -> None:
+    """Write the split's interactions as plain Parquet (user_id, item_id, timestamp, event_type)."""
+    from evaluation.split import export_split as export
+    from recsys.state import StateDir
+
+    cfg = _config(config, set_)
+    state = StateDir(cfg.state_dir)
+    _run("export-split", lambda: export(state, state.resolve_version(dataset_version), out))
+
+
 @app.command()
 def pipeline(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
     """Run every offline stage in order: ingest, split, features, train, index, evaluate, drift."""

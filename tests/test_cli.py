@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 from typer.testing import CliRunner
 
 from recsys.cli import app
@@ -34,8 +35,7 @@ def test_stage_without_its_inputs_exits_1_readably(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def test_ingest_imports_any_log_with_a_column_mapping(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
+def _ingest_shop_log(state_dir: Path) -> None:
     result = runner.invoke(
         app,
         [
@@ -49,6 +49,11 @@ def test_ingest_imports_any_log_with_a_column_mapping(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
+
+
+def test_ingest_imports_any_log_with_a_column_mapping(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    _ingest_shop_log(state_dir)
     version = (state_dir / "datasets" / "LATEST").read_text().strip()
     manifest = json.loads((state_dir / "datasets" / version / "manifest.json").read_text())
     assert manifest["source"]["name"] == "log"
@@ -67,3 +72,30 @@ def test_source_without_mapping_is_one_readable_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["ingest", "--set", f"state_dir={tmp_path}", "--source", "x.csv"])
     assert result.exit_code == 1
     assert "--source and --mapping go together" in result.output
+
+
+def test_export_split_writes_plain_parquet_and_evaluate_refuses_a_split_without_test_users(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "state"
+    _ingest_shop_log(state_dir)
+    version = (state_dir / "datasets" / "LATEST").read_text().strip()
+    train = pd.read_parquet(state_dir / "splits" / version / "train.parquet")
+
+    result = runner.invoke(
+        app, ["data", "export-split", "--set", f"state_dir={state_dir}", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 0, result.output
+    exported = {
+        part: pd.read_parquet(tmp_path / "x" / f"{part}.parquet") for part in ("train", "validation", "test")
+    }
+    assert list(exported["train"].columns) == ["user_id", "item_id", "timestamp", "event_type"]
+    assert len(exported["train"]) == len(train)
+    assert sorted(zip(exported["train"]["user_id"], exported["train"]["item_id"], strict=True)) == sorted(
+        zip(train["user_id"], train["item_id"], strict=True)
+    )
+
+    # Every shop customer has fewer events than the split's minimum, so all of them stay in train.
+    result = runner.invoke(app, ["evaluate", "--set", f"state_dir={state_dir}"])
+    assert result.exit_code == 1
+    assert "has no test users with a positive event" in " ".join(result.output.split())

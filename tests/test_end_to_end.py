@@ -180,3 +180,29 @@ def test_bad_requests_get_a_readable_422(server: str, payload: bytes, error: str
     assert response.status_code == 422, response.text
     assert response.json()["error"].startswith(error)
     assert "Traceback" not in response.text
+
+
+def test_evaluate_refuses_champions_trained_on_another_dataset_version(pipeline: Pipeline) -> None:
+    """Runs last: it adds a second dataset version to the shared state."""
+    env = {**os.environ, "RECSYS_STATE_DIR": str(pipeline.state.root)}
+    other = subprocess.run(
+        [*RECSYS, "ingest", "--config", CONFIG, "--set", "ingest.sample_users=30"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert other.returncode == 0, other.stderr[-4000:]
+    assert pipeline.state.latest_dataset_version() != pipeline.version
+    proc = subprocess.run(
+        [*RECSYS, "evaluate", "--config", CONFIG],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1
+    assert f"trained on dataset {pipeline.version}" in " ".join(proc.stderr.split())
+    assert "Traceback" not in proc.stderr
