@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from factories import write_movielens_dir
 
 from recsys.config import IngestConfig, PipelineConfig
 from recsys.ingest.cleaning import CleaningConfig
@@ -17,19 +17,8 @@ T0 = 1_000_000_000
 
 
 def write_source(folder: Path, ratings: Sequence[Sequence[object]]) -> Path:
-    folder.mkdir(parents=True)
     movies = [(m, f"Movie {m} (1999)", "Drama") for m in range(1, 6)]
-    files: dict[str, tuple[list[str], Sequence[Sequence[object]]]] = {
-        "ratings.csv": (["userId", "movieId", "rating", "timestamp"], ratings),
-        "movies.csv": (["movieId", "title", "genres"], movies),
-        "tags.csv": (["userId", "movieId", "tag", "timestamp"], []),
-    }
-    for name, (header, rows) in files.items():
-        with (folder / name).open("w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\r\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-    return folder
+    return write_movielens_dir(folder, ratings, movies)
 
 
 def test_ingest_drops_resent_events_and_bots_and_reconciles(tmp_path: Path) -> None:

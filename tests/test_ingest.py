@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from factories import write_movielens_dir
 
 from recsys.config import IngestConfig, PipelineConfig
 from recsys.ingest import movielens
@@ -42,19 +43,7 @@ TAGS = [(1, 10, "Pacino", T0), (2, 10, "heist", T0 + 1), (2, 10, "pacino", T0 + 
 
 
 def write_movielens(folder: Path, ratings: Sequence[Sequence[object]] = RATINGS) -> Path:
-    """A tiny MovieLens directory, with the CRLF line endings of the real files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files: dict[str, tuple[list[str], Sequence[Sequence[object]]]] = {
-        "ratings.csv": (["userId", "movieId", "rating", "timestamp"], ratings),
-        "movies.csv": (["movieId", "title", "genres"], MOVIES),
-        "tags.csv": (["userId", "movieId", "tag", "timestamp"], TAGS),
-    }
-    for name, (header, rows) in files.items():
-        with (folder / name).open("w", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\r\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-    return folder
+    return write_movielens_dir(folder, ratings, MOVIES, TAGS)
 
 
 def test_doctests() -> None:
