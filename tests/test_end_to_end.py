@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -33,6 +34,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _recsys(state_dir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run the `recsys` command as a user would, against `state_dir`."""
+    return subprocess.run(
+        [*RECSYS, *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "RECSYS_STATE_DIR": str(state_dir)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @dataclass(frozen=True)
 class Pipeline:
     state: StateDir
@@ -44,15 +57,7 @@ class Pipeline:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     state_dir = tmp_path_factory.mktemp("e2e") / "state"
-    env = {**os.environ, "RECSYS_STATE_DIR": str(state_dir)}
-    proc = subprocess.run(
-        [*RECSYS, "pipeline", "--config", CONFIG],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = _recsys(state_dir, "pipeline", "--config", CONFIG, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = StateDir(state_dir)
     version = state.latest_dataset_version()
@@ -111,15 +116,7 @@ def test_pipeline_writes_every_stage_output(pipeline: Pipeline) -> None:
 def test_rerunning_the_pipeline_changes_nothing(pipeline: Pipeline) -> None:
     metrics = pipeline.state.evaluation(pipeline.version) / "metrics.json"
     before = metrics.read_bytes()
-    env = {**os.environ, "RECSYS_STATE_DIR": str(pipeline.state.root)}
-    proc = subprocess.run(
-        [*RECSYS, "train", "--config", CONFIG],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _recsys(pipeline.state.root, "train", "--config", CONFIG)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "skipped=True" in proc.stderr.replace(" ", "")
     assert metrics.read_bytes() == before
@@ -184,25 +181,10 @@ def test_bad_requests_get_a_readable_422(server: str, payload: bytes, error: str
 
 def test_evaluate_refuses_champions_trained_on_another_dataset_version(pipeline: Pipeline) -> None:
     """Runs last: it adds a second dataset version to the shared state."""
-    env = {**os.environ, "RECSYS_STATE_DIR": str(pipeline.state.root)}
-    other = subprocess.run(
-        [*RECSYS, "ingest", "--config", CONFIG, "--set", "ingest.sample_users=30"],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    other = _recsys(pipeline.state.root, "ingest", "--config", CONFIG, "--set", "ingest.sample_users=30")
     assert other.returncode == 0, other.stderr[-4000:]
     assert pipeline.state.latest_dataset_version() != pipeline.version
-    proc = subprocess.run(
-        [*RECSYS, "evaluate", "--config", CONFIG],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _recsys(pipeline.state.root, "evaluate", "--config", CONFIG)
     assert proc.returncode == 1
     assert f"trained on dataset {pipeline.version}" in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr
