@@ -87,3 +87,8 @@ class StateDir:
 
     def drift(self, version: str) -> Path:
         return self.root / "drift" / version
+
+    @property
+    def experiments_file(self) -> Path:
+        """The running online experiments (variants and traffic shares); serving watches this file."""
+        return self.root / "experiments" / "experiments.json"
