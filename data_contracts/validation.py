@@ -3,6 +3,9 @@
 The rows that go to quarantine are exactly those listed in the suite's results (``unexpected_index_list``),
 so the suite is the single definition of what a valid row is. A failed table-level expectation (a missing
 column, a wrongly typed column) quarantines every row: no row of such a table can be trusted.
+
+The GX context and each suite are built once per process and reused for every batch; each batch gets a
+data source of its own, deleted after it (GX's execution engine keeps every frame a source has seen).
 """
 
 from __future__ import annotations
@@ -12,18 +15,24 @@ import uuid
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from data_contracts.suites import TABLES, events_expectations, items_expectations, users_expectations
+from data_contracts.suites import (
+    REFERENCE_COLUMNS,
+    TABLES,
+    events_expectations,
+    items_expectations,
+    users_expectations,
+)
 from recsys.ingest.schema import QUARANTINE_SCHEMA, empty_frame
 
 if TYPE_CHECKING:
+    from great_expectations.core.expectation_suite import ExpectationSuite
     from great_expectations.core.expectation_validation_result import ExpectationValidationResult
     from great_expectations.data_context.data_context.abstract_data_context import AbstractDataContext
-    from great_expectations.expectations.expectation import Expectation
 
 
 class ContractError(ValueError):
@@ -54,14 +63,17 @@ def _context() -> AbstractDataContext:
     return context
 
 
-def _expectations(
-    name: str, known_user_ids: Collection[str] | None, known_item_ids: Collection[str] | None
-) -> list[Expectation]:
+@cache
+def _suite(name: str, references: tuple[str, ...]) -> ExpectationSuite:
+    import great_expectations as gx
+
     if name == "interaction_events":
-        return events_expectations(known_user_ids, known_item_ids)
-    if name == "items":
-        return items_expectations()
-    return users_expectations()
+        expectations = events_expectations(references)
+    elif name == "items":
+        expectations = items_expectations()
+    else:
+        expectations = users_expectations()
+    return gx.ExpectationSuite(name=f"{name}-{uuid.uuid4().hex}", expectations=expectations)
 
 
 def describe(config: Any) -> str:
@@ -90,21 +102,26 @@ def _records(rows: pd.DataFrame) -> list[str]:
     return [json.dumps(row, sort_keys=True) for row in parsed]
 
 
-def _run_suite(
-    name: str, df: pd.DataFrame, expectations: list[Expectation]
-) -> list[ExpectationValidationResult]:
-    import great_expectations as gx
-
+def _run_suite(name: str, df: pd.DataFrame, references: tuple[str, ...]) -> list[ExpectationValidationResult]:
     context = _context()
+    # A data source per batch, deleted after it: GX's execution engine keeps every batch's frame it has
+    # seen, so a long-lived source would hold the whole log by the end of a chunked ingest.
     source = context.data_sources.add_pandas(f"{name}-{uuid.uuid4().hex}")
     try:
-        batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
-        suite = gx.ExpectationSuite(name=f"{name}-{uuid.uuid4().hex}", expectations=expectations)
-        batch = batch_def.get_batch(batch_parameters={"dataframe": df})
-        outcome = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+        batch_definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": df})
+        outcome = batch.validate(_suite(name, references), result_format={"result_format": "COMPLETE"})
     finally:
         context.data_sources.delete(source.name)
     return list(outcome.results)
+
+
+def _is_known(values: pd.Series, known: Collection[str]) -> pd.Series:
+    """Whether each value is one of ``known``, null where the value is null (that is the not-null rule's
+    business): a hash lookup; pass a ``pd.Index`` to build it once for many batches."""
+    index = known if isinstance(known, pd.Index) else pd.Index(list(known))
+    found = pd.Series(index.get_indexer(values.astype(object)) >= 0, index=values.index, dtype="boolean")
+    return found.mask(values.isna().to_numpy())
 
 
 def validate_table(
@@ -119,7 +136,8 @@ def validate_table(
     Args:
         name: one of ``interaction_events``, ``items``, ``users``.
         df: the table in the pandas form of ``recsys.ingest.schema``.
-        known_user_ids: for events, the user ids that exist; events of other users are quarantined.
+        known_user_ids: for events, the user ids that exist; events of other users are quarantined
+            (a ``pd.Index`` is looked up as it is; reuse one across batches).
         known_item_ids: for events, the item ids that exist.
 
     Returns:
@@ -130,9 +148,16 @@ def validate_table(
     work = df.reset_index(drop=True)
     if work.empty:
         return ContractResult(name, work, empty_frame(QUARANTINE_SCHEMA))
+    known = {"user_id": known_user_ids, "item_id": known_item_ids} if name == "interaction_events" else {}
+    references = tuple(column for column, ids in known.items() if ids is not None)
+    lookups = {
+        REFERENCE_COLUMNS[column]: _is_known(work[column], ids) if column in work else pd.NA
+        for column, ids in known.items()
+        if ids is not None
+    }
     reasons: dict[int, list[str]] = defaultdict(list)
     failures: dict[str, int] = {}
-    for result in _run_suite(name, work, _expectations(name, known_user_ids, known_item_ids)):
+    for result in _run_suite(name, work.assign(**lookups), references):
         reason = describe(result.expectation_config)
         error = _exception(result)
         if error is None and result.success:

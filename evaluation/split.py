@@ -1,9 +1,15 @@
-"""Per-user temporal split of the event log into train, validation and test.
+"""Temporal splits of the event log into train, validation and test: per user, or one global cut.
 
-Each user's events are ordered by (event_ts, event_id); the newest ``test_fraction`` go to test, the
-``validation_fraction`` before them to validation, the rest to train. Every held-out event of a user
-therefore comes after all of that user's training events, as it would in production. Users with fewer
-than ``min_user_events`` events stay wholly in train, and every user keeps at least one training event.
+Per user (``split.method: per_user``): each user's events are ordered by (event_ts, event_id); the newest
+``test_fraction`` go to test, the ``validation_fraction`` before them to validation, the rest to train.
+Users with fewer than ``min_user_events`` events stay wholly in train, and every user keeps at least one
+training event.
+
+Global (``split.method: global``): train < T <= validation < T + d <= test, with T the ``cutoff`` and d
+``validation_days``; the default T leaves the last ``test_days`` to test.
+
+Either way every held-out event of a user comes after all of that user's training events, as it would in
+production. The per-user split lives in ``splits/<version>/``, the global one in ``splits/<version>/global/``.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +30,19 @@ from recsys.ingest.schema import EVENTS_SCHEMA, to_arrow, to_pandas
 from recsys.state import MissingStateError, StateDir
 
 PARTS: tuple[str, ...] = ("train", "validation", "test")
+SPLIT_METHODS: tuple[str, ...] = ("per_user", "global")
+
+
+class SplitError(ValueError):
+    """A split that cannot be cut as configured (for example a cutoff with no event before it)."""
+
+
+def split_dir(state: StateDir, version: str, method: str = "per_user") -> Path:
+    """Where a split of ``version`` lives: ``splits/<version>/`` (per user) or ``.../global/``."""
+    if method not in SPLIT_METHODS:
+        raise SplitError(f"unknown split {method!r}; known: {', '.join(SPLIT_METHODS)}")
+    folder = state.splits(version)
+    return folder if method == "per_user" else folder / method
 
 
 @dataclass(frozen=True)
@@ -82,9 +102,55 @@ def temporal_split(events: pd.DataFrame, cfg: SplitConfig) -> Split:
     )
 
 
-def write_split(state: StateDir, version: str, split: Split) -> Path:
-    """Write the three parts as Parquet under ``splits/<version>/`` (atomically; never overwrites)."""
-    target = state.splits(version)
+def global_cutoffs(events: pd.DataFrame, cfg: SplitConfig) -> tuple[datetime, datetime]:
+    """T and T + d of a global split: the configured cutoff, or the newest event minus the test and
+    validation days."""
+    if events.empty:
+        raise SplitError("cannot split an empty event log")
+    d = timedelta(days=cfg.validation_days)
+    if cfg.cutoff is not None:
+        cutoff = pd.Timestamp(cfg.cutoff)
+        cutoff = cutoff.tz_localize("UTC") if cutoff.tzinfo is None else cutoff.tz_convert("UTC")
+    else:
+        newest = pd.to_datetime(events["event_ts"], utc=True).max()
+        cutoff = newest - timedelta(days=cfg.test_days) - d
+    return cutoff.to_pydatetime(), (cutoff + d).to_pydatetime()
+
+
+def global_split(events: pd.DataFrame, cfg: SplitConfig) -> Split:
+    """Split ``events`` by one time cut for everybody: train < T <= validation < T + d <= test (pure).
+
+    Raises:
+        SplitError: no event falls before T (nothing to train on).
+    """
+    cutoff, test_from = global_cutoffs(events, cfg)
+    ordered = events.sort_values(["user_id", "event_ts", "event_id"], kind="stable").reset_index(drop=True)
+    ts = pd.to_datetime(ordered["event_ts"], utc=True)
+    is_train = (ts < cutoff).to_numpy()
+    is_test = (ts >= test_from).to_numpy()
+    if not is_train.any():
+        raise SplitError(f"no event before the split cutoff {cutoff.isoformat()}: nothing to train on")
+    return Split(
+        train=ordered[is_train].reset_index(drop=True),
+        validation=ordered[~is_train & ~is_test].reset_index(drop=True),
+        test=ordered[is_test].reset_index(drop=True),
+    )
+
+
+def split_events(events: pd.DataFrame, cfg: SplitConfig) -> Split:
+    """The split ``cfg.method`` names, checked: it fails when a user's held-out event precedes one of
+    their training events."""
+    from recsys.ingest.leakage import check_split_order
+
+    split = global_split(events, cfg) if cfg.method == "global" else temporal_split(events, cfg)
+    check_split_order(split.train, split.validation, "validation")
+    check_split_order(split.train, split.test, "test")
+    return split
+
+
+def write_split(state: StateDir, version: str, split: Split, method: str = "per_user") -> Path:
+    """Write the three parts as Parquet under :func:`split_dir` (atomically; never overwrites)."""
+    target = split_dir(state, version, method)
     if all((target / f"{part}.parquet").exists() for part in PARTS):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +159,13 @@ def write_split(state: StateDir, version: str, split: Split) -> Path:
     try:
         for part in PARTS:
             pq.write_table(to_arrow(getattr(split, part), EVENTS_SCHEMA), tmp / f"{part}.parquet")
-        if target.exists():  # a partial directory from an interrupted run predating atomic writes
-            shutil.rmtree(target)
-        os.rename(tmp, target)
+        if target.exists():
+            # The per-user folder also holds the global split's folder, so it is filled part by part
+            # (each replace is atomic; the split counts as present once all three parts are).
+            for part in PARTS:
+                os.replace(tmp / f"{part}.parquet", target / f"{part}.parquet")
+        else:
+            os.rename(tmp, target)
     except OSError:
         if not all((target / f"{part}.parquet").exists() for part in PARTS):
             raise
@@ -104,9 +174,9 @@ def write_split(state: StateDir, version: str, split: Split) -> Path:
     return target
 
 
-def load_split(state: StateDir, version: str) -> Split:
+def load_split(state: StateDir, version: str, method: str = "per_user") -> Split:
     """The split of a dataset version, as written by :func:`write_split`."""
-    folder = state.splits(version)
+    folder = split_dir(state, version, method)
     frames: dict[str, pd.DataFrame] = {}
     for part in PARTS:
         path = folder / f"{part}.parquet"
@@ -124,30 +194,30 @@ def run_split(config: PipelineConfig, dataset_version: str | None = None) -> Spl
 
     state = StateDir(config.state_dir)
     version = state.resolve_version(dataset_version)
-    folder = state.splits(version)
+    method = config.split.method
+    folder = split_dir(state, version, method)
     created = not all((folder / f"{part}.parquet").exists() for part in PARTS)
     console = Console(stderr=True)
     if created:
-        with console.status(f"splitting dataset {version} per user by time"):
-            write_split(
-                state, version, temporal_split(load_table(state, version, "interaction_events"), config.split)
-            )
+        with console.status(f"splitting dataset {version} by time ({method})"):
+            events = load_table(state, version, "interaction_events")
+            write_split(state, version, split_events(events, config.split), method)
     counts = {part: pq.ParquetFile(folder / f"{part}.parquet").metadata.num_rows for part in PARTS}
     console.print(
-        f"split {version}: train {counts['train']:,}, "
+        f"split {version} ({method}): train {counts['train']:,}, "
         f"validation {counts['validation']:,}, test {counts['test']:,}"
     )
     return SplitSummary(version, created, counts["train"], counts["validation"], counts["test"], folder)
 
 
-def export_split(state: StateDir, version: str, out_dir: Path) -> dict[str, Path]:
+def export_split(state: StateDir, version: str, out_dir: Path, method: str = "per_user") -> dict[str, Path]:
     """Write each part of the split as plain Parquet (user_id, item_id, timestamp, event_type), so any
     outside library can be evaluated on exactly the same interactions.
 
     Returns:
         The written file of each part, by part name.
     """
-    split = load_split(state, version)
+    split = load_split(state, version, method)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for part in PARTS:

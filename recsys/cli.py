@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ console = Console(stderr=True)
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (configs/default.yaml).")
 SetOption = typer.Option(None, "--set", "-s", help="Override one setting: section.key=value (repeatable).")
 VersionOption = typer.Option(None, "--dataset-version", help="Dataset version to use (default: latest).")
+SplitOption = typer.Option(
+    None, "--split", help="Split by time per user (per_user) or with one cut (global); default: split.method."
+)
+
+
+def _split_override(set_: list[str] | None, split: str | None) -> list[str]:
+    return [*(set_ or []), *([f"split.method={split}"] if split else [])]
 
 
 def _config(path: Path | None, overrides: list[str] | None) -> PipelineConfig:
@@ -63,13 +71,14 @@ def ingest(
         None, "--source", help="A CSV or Parquet event log instead of MovieLens."
     ),
     mapping: Path | None = typer.Option(None, "--mapping", help="Column mapping YAML for --source."),
+    split: str | None = SplitOption,
 ) -> None:
     """Read MovieLens (or --source with --mapping), check the contracts, quarantine bad rows, clean,
     write a versioned snapshot and its split."""
     from evaluation.split import run_split
     from recsys.ingest.stage import run_ingest
 
-    cfg = _config(config, set_)
+    cfg = _config(config, _split_override(set_, split))
     summary = _run("ingest", lambda: run_ingest(cfg, source=source, mapping=mapping))
     _run("split", lambda: run_split(cfg, summary.dataset_version))
 
@@ -92,12 +101,17 @@ def train(
     config: Path | None = ConfigOption,
     set_: list[str] | None = SetOption,
     dataset_version: str | None = VersionOption,
+    alias: str | None = typer.Option(
+        None,
+        "--alias",
+        help="Registry alias for the new versions: champion (default) or challenger (champion if none yet).",
+    ),
 ) -> None:
     """Train the two-tower retriever (Ray Train) and the LightGBM ranker; register both in MLflow."""
     from training.stage import run_train
 
     cfg = _config(config, set_)
-    _run("train", lambda: run_train(cfg, dataset_version))
+    _run("train", lambda: run_train(cfg, dataset_version, alias=alias))
 
 
 @app.command()
@@ -118,12 +132,60 @@ def evaluate(
     config: Path | None = ConfigOption,
     set_: list[str] | None = SetOption,
     dataset_version: str | None = VersionOption,
+    model: str = typer.Option("champion", "--model", help="Alias (champion, challenger) or ranker version."),
+    split: str = typer.Option("test", "--split", help="Window to judge: test or validation."),
 ) -> None:
-    """Ranking and beyond-accuracy metrics on the temporal test split: baselines vs retrieval vs + ranking."""
+    """Metrics, slices and an HTML report of a registered system beside the baselines and the champion."""
     from evaluation.evaluate import run_evaluate
 
     cfg = _config(config, set_)
-    _run("evaluate", lambda: run_evaluate(cfg, dataset_version))
+    _run("evaluate", lambda: run_evaluate(cfg, dataset_version, model=model, split=split))
+
+
+@app.command()
+def gate(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    dataset_version: str | None = VersionOption,
+    challenger: str = typer.Option("challenger", "--challenger", help="Alias or ranker version."),
+    champion: str = typer.Option("champion", "--champion", help="Alias or ranker version."),
+) -> None:
+    """Pass (exit 0) or fail (exit 1, reasons printed) a challenger against the champion."""
+    from evaluation.gate import checks_table, run_gate
+
+    cfg = _config(config, set_)
+    decision = _run("gate", lambda: run_gate(cfg, dataset_version, challenger, champion))
+    for line in checks_table(decision.checks):
+        typer.echo(line)
+    for reason in decision.reasons:
+        typer.echo(f"FAIL: {reason}")
+    typer.echo(f"gate {'passed' if decision.passed else 'failed'} (MLflow run {decision.mlflow_run_id})")
+    raise typer.Exit(0 if decision.passed else 1)
+
+
+@app.command()
+def promote(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    dataset_version: str | None = VersionOption,
+    version: str | None = typer.Option(None, "--version", help="Ranker version (with its retriever)."),
+    from_alias: str = typer.Option("challenger", "--from-alias", help="Alias to promote without --version."),
+    force: bool = typer.Option(False, "--force", help="Promote even if the gate fails (recorded)."),
+) -> None:
+    """Gate a system against the champion and, if it passes, make both of its models champions."""
+    from evaluation.gate import promote_system
+
+    cfg = _config(config, set_)
+    _run("promote", lambda: promote_system(cfg, version or from_alias, force, dataset_version))
+
+
+@app.command()
+def rollback(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
+    """Restore the previous champion of both the retriever and the ranker."""
+    from evaluation.gate import rollback_system
+
+    cfg = _config(config, set_)
+    _run("rollback", lambda: rollback_system(cfg))
 
 
 @app.command()
@@ -137,6 +199,43 @@ def drift(
 
     cfg = _config(config, set_)
     _run("drift", lambda: run_drift(cfg, dataset_version))
+
+
+@app.command()
+def monitor(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    dataset_version: str | None = VersionOption,
+    window: str | None = typer.Option(
+        None, "--window", "-w", help="Current window, e.g. 1h, 24h, 7d (default: monitor.window)."
+    ),
+    at: datetime | None = typer.Option(
+        None, "--at", help="End of the current window (default: the newest event)."
+    ),
+) -> None:
+    """Judge the alert rules over a window (data, model, business signals); exit 0 ok, 3 notify, 4 page."""
+    from monitoring.monitor import run_monitor
+
+    cfg = _config(config, set_)
+    runs: list[Any] = []
+    _run("monitor", lambda: runs.append(run_monitor(cfg, window, dataset_version, at)))
+    raise typer.Exit(runs[0].exit_code)
+
+
+@app.command()
+def loop(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    window: str | None = typer.Option(None, "--window", "-w", help="Drift window (default: monitor.window)."),
+) -> None:
+    """Ingest, check drift, and retrain -> gate -> shadow -> promote when drift or the schedule says so;
+    exit 4 when a broken upstream made it refuse."""
+    from monitoring.loop import run_loop
+
+    cfg = _config(config, set_)
+    records: list[Any] = []
+    _run("loop", lambda: records.append(run_loop(cfg, window, say=console.print)))
+    raise typer.Exit(4 if records[0].status == "page" else 0)
 
 
 @app.command()
@@ -166,24 +265,121 @@ data_app = typer.Typer(help="Dataset utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
+@data_app.command("catalogue")
+def catalogue(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
+    """List the dataset versions: source, row counts, event time range (from manifests and footers)."""
+    from rich.table import Table
+
+    from recsys.ingest.versions import dataset_catalogue
+    from recsys.state import StateDir
+
+    cfg = _config(config, set_)
+    entries = dataset_catalogue(StateDir(cfg.state_dir))
+    table = Table(title=f"datasets in {cfg.state_dir}")
+    for column in ("dataset_version", "created", "source", "events", "items", "users", "quarantined"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("first event", no_wrap=True)
+    table.add_column("last event", no_wrap=True)
+    for e in entries:
+        table.add_row(
+            e.dataset_version + (" (latest)" if e.latest else ""), e.created_at[:19], e.source,
+            f"{e.events:,}", f"{e.items:,}", f"{e.users:,}", f"{e.quarantined:,}",
+            e.first_event.isoformat()[:19] if e.first_event else "-",
+            e.last_event.isoformat()[:19] if e.last_event else "-",
+        )  # fmt: skip
+    Console().print(table if entries else "no dataset yet: run `recsys ingest`")
+
+
+@data_app.command("pairs")
+def pairs(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    dataset_version: str | None = VersionOption,
+    split: str | None = SplitOption,
+) -> None:
+    """Draw training pairs (positives, hard and sampled negatives) from the train split of a version."""
+    from recsys.ingest.pairs import run_pairs
+
+    cfg = _config(config, _split_override(set_, split))
+    _run("pairs", lambda: run_pairs(cfg, dataset_version))
+
+
 @data_app.command("export-split")
 def export_split(
     config: Path | None = ConfigOption,
     set_: list[str] | None = SetOption,
     dataset_version: str | None = VersionOption,
     out: Path = typer.Option(..., "--out", help="Folder for train/validation/test.parquet."),
+    split: str | None = SplitOption,
 ) -> None:
     """Write the split's interactions as plain Parquet (user_id, item_id, timestamp, event_type)."""
     from evaluation.split import export_split as export
     from recsys.state import StateDir
 
-    cfg = _config(config, set_)
+    cfg = _config(config, _split_override(set_, split))
     state = StateDir(cfg.state_dir)
-    _run("export-split", lambda: export(state, state.resolve_version(dataset_version), out))
+    _run(
+        "export-split",
+        lambda: export(state, state.resolve_version(dataset_version), out, cfg.split.method),
+    )
+
+
+experiment_app = typer.Typer(
+    help="Online experiments on the simulated platform: A/B, A/A, interleaving, off-policy, canary.",
+    no_args_is_help=True,
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+def _experiment(config: Path | None, set_: list[str] | None, kind: str, **options: Any) -> None:
+    from evaluation.experiments.stage import run_experiment
+
+    cfg = _config(config, set_)
+    _run(f"experiment {kind}", lambda: run_experiment(cfg, kind, **options))  # type: ignore[arg-type]
+
+
+@experiment_app.command("ab")
+def experiment_ab(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
+    """Plan an A/B test (worse vs good model) with the power analysis, run it at that size, repeat it."""
+    _experiment(config, set_, "ab")
+
+
+@experiment_app.command("aa")
+def experiment_aa(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
+    """Repeat A/A tests and report the false positive rate with its interval."""
+    _experiment(config, set_, "aa")
+
+
+@experiment_app.command("interleave")
+def experiment_interleave(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
+    """Find how many users team-draft interleaving needs to detect the A/B test's difference."""
+    _experiment(config, set_, "interleave")
+
+
+@experiment_app.command("ips")
+def experiment_ips(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
+    """Estimate the good model from epsilon-greedy logs (IPS, SNIPS) and compare with serving it."""
+    _experiment(config, set_, "ips")
+
+
+@experiment_app.command("canary")
+def experiment_canary(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    model: str = typer.Option("good", "--model", help="Canary model: good, bad (low CTR) or slow (p99)."),
+    approve: bool = typer.Option(True, "--approve/--no-approve", help="Approve the manual 10% stage."),
+) -> None:
+    """Roll a canary out on simulated time, writing each stage's traffic into the experiments file."""
+    if model not in ("good", "bad", "slow"):
+        console.print(f"[red]error:[/red] --model must be good, bad or slow, got {model!r}")
+        raise typer.Exit(2)
+    _experiment(config, set_, "canary", canary_model=model, approve_manual=approve)
 
 
 @app.command()
-def pipeline(config: Path | None = ConfigOption, set_: list[str] | None = SetOption) -> None:
+def pipeline(
+    config: Path | None = ConfigOption, set_: list[str] | None = SetOption, split: str | None = SplitOption
+) -> None:
     """Run every offline stage in order: ingest, split, features, train, index, evaluate, drift."""
     from evaluation.evaluate import run_evaluate
     from evaluation.split import run_split
@@ -193,7 +389,7 @@ def pipeline(config: Path | None = ConfigOption, set_: list[str] | None = SetOpt
     from training.index_stage import run_index
     from training.stage import run_train
 
-    cfg = _config(config, set_)
+    cfg = _config(config, _split_override(set_, split))
     started = time.perf_counter()
     version = _run("ingest", lambda: run_ingest(cfg)).dataset_version
     _run("split", lambda: run_split(cfg, version))

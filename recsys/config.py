@@ -7,14 +7,18 @@ not a silently ignored setting.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evaluation.experiments.settings import ExperimentsConfig
 from recsys.ingest.cleaning import CleaningConfig
+from recsys.ingest.pairs import PairsConfig
 from recsys.simulator.settings import SimulatorConfig
+from serving.exploration import ExplorationConfig
 from serving.reranking import RerankConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +44,13 @@ class IngestConfig(_Frozen):
     like_threshold: float = 4.0
     skip_below: float = 2.5
     session_gap_minutes: int = Field(default=30, ge=1)
+    # What `recsys ingest` and `recsys pipeline` read: MovieLens (`data_dir`), the simulator's output
+    # (`simulated_dir`, default <state_dir>/simulated, generated from the `simulator` section when
+    # absent), or any log (`log` with its column `mapping`).
+    source: Literal["movielens", "simulator", "log"] = "movielens"
+    simulated_dir: Path | None = None
+    log: Path | None = None
+    mapping: Path | None = None
 
 
 class FeaturesConfig(_Frozen):
@@ -51,9 +62,16 @@ class FeaturesConfig(_Frozen):
 
 
 class SplitConfig(_Frozen):
+    # `per_user`: each user's newest events are held out; `global`: one time cut for everybody,
+    # train < cutoff <= validation < cutoff + validation_days <= test.
+    method: Literal["per_user", "global"] = "per_user"
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     min_user_events: int = Field(default=5, ge=3)
+    # Global split: the cutoff T (default: the newest event minus test_days minus validation_days).
+    cutoff: datetime | None = None
+    validation_days: float = Field(default=7.0, gt=0)
+    test_days: float = Field(default=7.0, gt=0)
 
 
 class TwoTowerConfig(_Frozen):
@@ -81,10 +99,35 @@ class RankerConfig(_Frozen):
     seed: int = 0
 
 
+class GateConfig(_Frozen):
+    """Promotion gate thresholds (evaluation/gate.py); every check compares on the same test requests."""
+
+    ndcg_k: int = Field(default=10, ge=1)
+    # The challenger's NDCG@ndcg_k may be at most this much (absolute) below the champion's.
+    ndcg_margin: float = Field(default=0.01, ge=0)
+    # PSI of the ranker's score distribution, challenger vs champion.
+    max_score_psi: float = Field(default=0.2, gt=0)
+    # Floors on the challenger's catalogue coverage and category diversity of its top ndcg_k lists.
+    min_coverage: float = Field(default=0.005, ge=0, le=1)
+    min_diversity: float = Field(default=0.3, ge=0, le=1)
+    # In-process serving path (retrieval -> ranking -> re-ranking), p99 per request; the spec's 200 ms
+    # end-to-end less 30 ms of network.
+    max_p99_ms: float = Field(default=170.0, gt=0)
+    latency_requests: int = Field(default=50, ge=5)
+
+
 class EvaluateConfig(_Frozen):
     ks: tuple[int, ...] = (10, 50, 100)
     # Simple collaborative filters always in the table beside popularity (training/baselines.py names).
     baselines: tuple[str, ...] = ("item-knn", "implicit-als")
+    # Slices: users with fewer history events are cold-start; at or above this quantile, power users;
+    # items outside the head holding `head_share` of history interactions are the long tail.
+    cold_start_max: int = Field(default=5, ge=1)
+    power_quantile: float = Field(default=0.9, gt=0, lt=1)
+    head_share: float = Field(default=0.2, gt=0, le=1)
+    # Also run the serving code (retrieval -> ranking -> re-ranking) over the judged users: the `served` row.
+    replay: bool = True
+    gate: GateConfig = GateConfig()
 
 
 class ServeConfig(_Frozen):
@@ -95,6 +138,35 @@ class ServeConfig(_Frozen):
     # Past this, the answer is given in retrieval order (fallback) rather than late.
     ranking_timeout_s: float = Field(default=1.0, gt=0)
     rerank: RerankConfig = RerankConfig()
+    # "fused" runs retrieval inside the ingress (one handle hop fewer); "split" gives it a deployment.
+    graph: Literal["fused", "split"] = "fused"
+    # Prediction cache per ingress replica; 0 turns it off.
+    cache_ttl_s: float = Field(default=30.0, ge=0)
+    cache_max_entries: int = Field(default=100_000, ge=1)
+    # Session: engaged items from POST /events, blended into the user's genre affinity.
+    session_items: int = Field(default=10, ge=1)
+    session_ttl_s: float = Field(default=3600.0, gt=0)
+    session_weight: float = Field(default=0.5, ge=0, le=1)
+    session_boost: float = Field(default=0.3, ge=0)
+    max_events_per_batch: int = Field(default=1000, ge=1)
+    # Ranking's @serve.batch; max_ongoing_requests must exceed the batch size or batches never fill.
+    ranking_max_batch_size: int = Field(default=8, ge=1)
+    ranking_batch_wait_timeout_s: float = Field(default=0.002, ge=0)
+    ranking_max_ongoing_requests: int = Field(default=32, ge=1)
+    experiments_check_s: float = Field(default=1.0, gt=0)
+    # Bearer token of the admin endpoints; unset (and RECSYS_ADMIN_TOKEN unset) disables them.
+    admin_token: str | None = Field(default_factory=lambda: os.environ.get("RECSYS_ADMIN_TOKEN") or None)
+    exploration: ExplorationConfig = ExplorationConfig()
+    # Online reads straight from the online store's tables (recsys.features.online_read); false: Feast's
+    # get_online_features. Item features are cached per replica for item_cache_ttl_s (0: no cache).
+    fast_feature_reads: bool = True
+    item_cache_ttl_s: float = Field(default=60.0, ge=0)
+    item_cache_max_entries: int = Field(default=200_000, ge=1)
+    # Seconds between checks of the champion aliases; a moved alias is loaded and switched to. 0: never.
+    champion_poll_s: float = Field(default=30.0, ge=0)
+    # A recsys-ranker alias or version scored beside the champion, off the response path, and logged to
+    # <state>/shadow/; None: no shadow scoring.
+    shadow_ranker: str | None = None
 
 
 class DriftConfig(_Frozen):
@@ -104,12 +176,36 @@ class DriftConfig(_Frozen):
     drift_share_threshold: float = Field(default=0.5, gt=0, le=1)
 
 
+class MonitorConfig(_Frozen):
+    # `recsys monitor`: the current window ends at the newest event (or --at); the reference window is the
+    # `reference_window` before it (None: as long as the current window). Durations look like 1h, 24h, 7d.
+    window: str = Field(default="7d", pattern=r"^[1-9][0-9]*[smhd]$")
+    reference_window: str | None = Field(default=None, pattern=r"^[1-9][0-9]*[smhd]$")
+    # None: the shipped monitoring/rules.yaml.
+    rules: Path | None = None
+    psi_bins: int = Field(default=10, ge=2)
+    # Users per window whose champion scores and embeddings are compared (model drift); 0 turns it off.
+    model_sample_users: int = Field(default=500, ge=0)
+    evidently_reports: bool = True
+
+
+class LoopConfig(_Frozen):
+    # `recsys loop`: when a retrain is due without drift (daily ranker, weekly retrieval).
+    schedule: Path = REPO_ROOT / "configs" / "schedules" / "default.yaml"
+    # Shadow scoring: users of the drifted window both models rank; the challenger must not lose NDCG.
+    shadow_users: int = Field(default=200, ge=1)
+    shadow_k: int = Field(default=10, ge=1)
+    # Retrain when the schedule is due even without drift; False retrains on drift only.
+    follow_schedule: bool = True
+
+
 class PipelineConfig(_Frozen):
     state_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("RECSYS_STATE_DIR") or REPO_ROOT / ".state")
     )
     ingest: IngestConfig = IngestConfig()
     cleaning: CleaningConfig = CleaningConfig()
+    pairs: PairsConfig = PairsConfig()
     features: FeaturesConfig = FeaturesConfig()
     split: SplitConfig = SplitConfig()
     two_tower: TwoTowerConfig = TwoTowerConfig()
@@ -117,7 +213,10 @@ class PipelineConfig(_Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     serve: ServeConfig = ServeConfig()
     drift: DriftConfig = DriftConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    loop: LoopConfig = LoopConfig()
     simulator: SimulatorConfig = SimulatorConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

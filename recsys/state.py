@@ -2,10 +2,11 @@
 
 Layout (all paths below ``root``)::
 
-    datasets/<dataset_version>/   immutable ingest snapshot: interaction_events, items, users,
-                                  quarantine (Parquet) and manifest.json
+    datasets/<dataset_version>/   immutable ingest snapshot: interaction_events/event_date=*/ (Parquet,
+                                  partitioned by event date), items, users, quarantine, manifest.json
     datasets/LATEST               the newest dataset_version, one line
-    splits/<dataset_version>/     train / validation / test events (Parquet)
+    splits/<dataset_version>/     train / validation / test events (Parquet); global/ for the global split
+    pairs/<dataset_version>/      ranker training pairs, one folder per pairs settings
     offline/                      Feast offline store: batch feature tables (Parquet)
     feast/                        Feast registry and the SQLite online store
     mlflow/                       MLflow tracking database and artefacts
@@ -13,6 +14,9 @@ Layout (all paths below ``root``)::
     simulated/                    the simulator's partitioned event log, items and users
     evaluation/<dataset_version>/ metrics.json and the printed table
     drift/<dataset_version>/      Evidently HTML report and drift.json
+    events/event_date=<date>/     events received by the serving API (Parquet, fsync'd)
+    monitor/runs/<run_id>/        a monitor or loop run: verdict.json, Evidently reports
+    monitor/index.html            every run, newest first
 """
 
 from __future__ import annotations
@@ -87,6 +91,16 @@ class StateDir:
 
     def drift(self, version: str) -> Path:
         return self.root / "drift" / version
+
+    @property
+    def monitor(self) -> Path:
+        """`recsys monitor` and `recsys loop` runs (one folder each) and their index.html."""
+        return self.root / "monitor"
+
+    @property
+    def events(self) -> Path:
+        """The serving API's event log: `event_date=YYYY-MM-DD/part-*.parquet` (`POST /events`)."""
+        return self.root / "events"
 
     @property
     def experiments_file(self) -> Path:

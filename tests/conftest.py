@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from commands import SMALL_CONFIG, run_recsys
 
 from recsys.state import StateDir
 
@@ -94,3 +95,14 @@ def spark() -> Iterator[Any]:
     session = spark_session(FeaturesConfig(spark_master="local[2]"))
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(tmp_path_factory: pytest.TempPathFactory) -> StateDir:
+    """One `recsys pipeline` run on configs/small.yaml, shared by the integration modules (it is the
+    slowest thing in the suite). Modules that add state restore what later modules rely on: the latest
+    dataset version and the champion aliases."""
+    state_dir = tmp_path_factory.mktemp("small-pipeline") / "state"
+    proc = run_recsys(state_dir, "pipeline", "--config", SMALL_CONFIG, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return StateDir(state_dir)

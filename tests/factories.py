@@ -6,6 +6,12 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
+from recsys.config import RankerConfig
+from training.ranker_features import RANKER_FEATURE_NAMES
+
 Rows = Sequence[Sequence[object]]
 
 
@@ -23,3 +29,56 @@ def write_movielens_dir(folder: Path, ratings: Rows, movies: Rows, tags: Rows = 
             writer.writerow(header)
             writer.writerows(rows)
     return folder
+
+
+def synthetic_events(seed: int = 0, n_users: int = 40) -> pd.DataFrame:
+    """Seeded events: users with 1..60 events, many sharing a timestamp (as MovieLens ratings do)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        for k in range(int(rng.integers(1, 61))):
+            second = int(rng.integers(0, 50))  # coarse clock: ties are common
+            rows.append((f"u{u}", f"i{rng.integers(0, 30)}", f"{u:03d}{k:03d}", second))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_id", "second"])
+    n = len(frame)
+    return pd.DataFrame(
+        {
+            "event_id": frame["event_id"],
+            "user_id": frame["user_id"],
+            "item_id": frame["item_id"],
+            "event_type": "like",
+            "dwell_time_ms": pd.array([None] * n, dtype="Int64"),
+            "surface": None,
+            "session_id": frame["user_id"] + "-1",
+            "device_type": None,
+            "position": pd.array([None] * n, dtype="Int32"),
+            "request_id": None,
+            "event_ts": pd.to_datetime(1_500_000_000 + frame["second"], unit="s", utc=True).astype(
+                "datetime64[us, UTC]"
+            ),
+            "server_ts": pd.to_datetime(1_500_000_000 + frame["second"], unit="s", utc=True).astype(
+                "datetime64[us, UTC]"
+            ),
+        }
+    ).sample(frac=1.0, random_state=seed)  # the split must not rely on input order
+
+
+# A ranker small enough to train in a second on `planted_ranker_rows`.
+SMALL_RANKER = RankerConfig(
+    n_candidates=20, n_estimators=40, num_leaves=7, min_child_samples=5, num_threads=1
+)
+_DOT = RANKER_FEATURE_NAMES.index("genre_affinity_dot")
+
+
+def planted_ranker_rows(
+    n_users: int = 60, per_user: int = 20, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per user, the two candidates with the highest genre_affinity_dot are the positives."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n_users * per_user, len(RANKER_FEATURE_NAMES))).astype(np.float32)
+    labels = np.zeros(n_users * per_user, dtype=np.float32)
+    for u in range(n_users):
+        block = slice(u * per_user, (u + 1) * per_user)
+        top = np.argsort(-features[block, _DOT])[:2]
+        labels[u * per_user + top] = 1
+    return features, labels, np.full(n_users, per_user)

@@ -73,7 +73,7 @@ def test_each_broken_rule_quarantines_its_rows_with_a_named_reason() -> None:
     assert by_id["e4"] == "expect_column_values_to_be_in_set(event_type)"
     assert by_id["e5"] == 'expect_column_values_to_be_null(dwell_time_ms where event_type != "view")'
     assert by_id["e6"] == "expect_column_pair_values_a_to_be_greater_than_b(server_ts, event_ts)"
-    assert by_id["e7"] == "expect_column_values_to_be_in_set(item_id)"
+    assert by_id["e7"] == "expect_column_values_to_be_in_set(item_id_in_items)"
     assert by_id["e8"] == "expect_column_values_to_not_be_null(user_id)"  # GX set checks skip nulls
     assert set(by_id["e9"].split("; ")) == {
         "expect_column_values_to_be_between(position)",

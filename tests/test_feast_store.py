@@ -102,6 +102,37 @@ def test_pit_join_takes_the_newest_snapshot_at_or_before_each_row(store: Feature
     assert out.loc[5, "item_n_events"] == 2
     assert list(out.loc[1, "user_genre_affinity"]) == _vector(7)
     assert out.loc[3, "item_age_days"] == pytest.approx(375.0)
+    # Each view's snapshot time, matching the snapshot its values come from (the counts identify it).
+    user_ts, item_ts = (
+        pd.to_datetime(out[f"{view}__feature_ts"], utc=True) for view in ("user_stats", "item_stats")
+    )
+    assert user_ts.tolist()[1:5] == [S2, S1, S1, S1] and user_ts.isna().tolist() == [
+        True,
+        False,
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert item_ts.tolist() == [pd.NaT, S2, pd.NaT, S1, S1, S2]
+
+
+def test_training_rows_from_the_store_pass_the_leakage_check_and_leaky_ones_fail(store: FeatureStore) -> None:
+    from recsys.ingest.leakage import LeakageError
+    from training.examples import two_tower_examples
+
+    entity_df = pd.DataFrame(
+        {"user_id": ["u1", "u2"], "item_id": ["i1", "i2"], "event_timestamp": [S2, S2 + timedelta(hours=1)]}
+    )
+    rows = historical_features(store, entity_df, "two_tower_v1")
+    examples = two_tower_examples(rows, ["u1", "u2"], ["i1", "i2"])
+    assert examples.user_idx.tolist() == [1, 2]
+    # A snapshot taken after the example it feeds: the future leaked into training.
+    leaky = rows.assign(item_stats__feature_ts=rows["event_timestamp"] + timedelta(seconds=1))
+    with pytest.raises(LeakageError, match="2 of 2 examples have item_stats__feature_ts"):
+        two_tower_examples(leaky, ["u1", "u2"], ["i1", "i2"])
+    with pytest.raises(LeakageError, match=r"no \*__feature_ts column"):
+        two_tower_examples(rows.drop(columns=["user_stats__feature_ts", "item_stats__feature_ts"]), [], [])
 
 
 def test_an_item_only_request_gets_the_item_tower_features(store: FeatureStore) -> None:
@@ -113,6 +144,7 @@ def test_an_item_only_request_gets_the_item_tower_features(store: FeatureStore) 
         "item_genre_vector",
         "item_n_events_365d",
         "item_age_days",
+        "item_stats__feature_ts",
     ]
     assert out["item_n_events_365d"].tolist() == [1, 2]
 

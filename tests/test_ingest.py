@@ -120,11 +120,12 @@ def test_ingest_writes_schema_exact_snapshot_once(tmp_path: Path) -> None:
     assert first.counts["interaction_events"] == {"rows_in": 6, "clean": 6, "quarantined": 0}
     state = StateDir(config.state_dir)
     assert state.latest_dataset_version() == first.dataset_version
-    for name, schema in [
-        ("interaction_events", EVENTS_SCHEMA),
-        ("items", ITEMS_SCHEMA),
-        ("users", USERS_SCHEMA),
-    ]:
+    # Events are partitioned by event date; every partition file carries exactly the shared schema.
+    partitions = sorted((first.path / "interaction_events").glob("event_date=*/*.parquet"))
+    assert partitions
+    for path in partitions:
+        assert pq.read_schema(path).remove_metadata() == EVENTS_SCHEMA
+    for name, schema in [("items", ITEMS_SCHEMA), ("users", USERS_SCHEMA)]:
         assert pq.read_schema(first.path / f"{name}.parquet").remove_metadata() == schema
     manifest_mtime = (first.path / "manifest.json").stat().st_mtime_ns
     again = run_ingest(config)
@@ -148,7 +149,7 @@ def test_bad_rows_are_quarantined_and_change_nothing_else(tmp_path: Path) -> Non
     assert summary.counts["interaction_events"] == {"rows_in": 8, "clean": 6, "quarantined": 2}
     quarantine = pq.read_table(summary.path / "quarantine.parquet").to_pandas()
     reasons = sorted(quarantine["reason"])
-    assert "expect_column_values_to_be_in_set(item_id)" in reasons[0]
+    assert "expect_column_values_to_be_in_set(item_id_in_items)" in reasons[0]
     assert "expect_column_values_to_not_be_null(event_type)" in reasons[1]
 
 

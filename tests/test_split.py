@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from factories import synthetic_events
 
 from evaluation import split as split_module
 from evaluation.split import holdout_counts, load_split, run_split, temporal_split, write_split
@@ -17,38 +18,6 @@ from recsys.ingest.snapshot import save_dataset
 from recsys.state import MissingStateError, StateDir
 
 CFG = SplitConfig(validation_fraction=0.1, test_fraction=0.2, min_user_events=5)
-
-
-def synthetic_events(seed: int = 0, n_users: int = 40) -> pd.DataFrame:
-    """Seeded events: users with 1..60 events, many sharing a timestamp (as MovieLens ratings do)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        for k in range(int(rng.integers(1, 61))):
-            second = int(rng.integers(0, 50))  # coarse clock: ties are common
-            rows.append((f"u{u}", f"i{rng.integers(0, 30)}", f"{u:03d}{k:03d}", second))
-    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_id", "second"])
-    n = len(frame)
-    return pd.DataFrame(
-        {
-            "event_id": frame["event_id"],
-            "user_id": frame["user_id"],
-            "item_id": frame["item_id"],
-            "event_type": "like",
-            "dwell_time_ms": pd.array([None] * n, dtype="Int64"),
-            "surface": None,
-            "session_id": frame["user_id"] + "-1",
-            "device_type": None,
-            "position": pd.array([None] * n, dtype="Int32"),
-            "request_id": None,
-            "event_ts": pd.to_datetime(1_500_000_000 + frame["second"], unit="s", utc=True).astype(
-                "datetime64[us, UTC]"
-            ),
-            "server_ts": pd.to_datetime(1_500_000_000 + frame["second"], unit="s", utc=True).astype(
-                "datetime64[us, UTC]"
-            ),
-        }
-    ).sample(frac=1.0, random_state=seed)  # the split must not rely on input order
 
 
 def test_doctests() -> None:

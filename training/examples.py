@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from recsys.ingest.leakage import check_feature_rows
 from recsys.vocab import POSITIVE_EVENT_TYPES
 from training.retrieval import TwoTowerExamples
 from training.runtime import item_dense_from_frame, user_dense_from_frame
@@ -29,7 +30,13 @@ def lookup(ids: pd.Series, vocab: list[str]) -> np.ndarray:
 
 
 def two_tower_examples(rows: pd.DataFrame, users: list[str], items: list[str]) -> TwoTowerExamples:
-    """Model inputs from positive events joined with their point-in-time `two_tower_v1` features."""
+    """Model inputs from positive events joined with their point-in-time `two_tower_v1` features.
+
+    Raises:
+        LeakageError: a feature row's snapshot is newer than its example (or the rows do not say when
+            their features are from): the run stops rather than train on the future.
+    """
+    check_feature_rows(rows)
     return TwoTowerExamples(
         user_idx=lookup(rows["user_id"], users),
         user_dense=user_dense_from_frame(rows),

@@ -54,14 +54,16 @@ def read_build_info(state: StateDir) -> dict[str, Any] | None:
 def _compute(state: StateDir, version: str, config: PipelineConfig) -> dict[str, Any]:
     """Run the Spark job on one dataset version; write the offline tables, then their build record."""
     from recsys.features.batch import compute_features, spark_session, write_offline
+    from recsys.ingest.event_store import PARTITION_KEY, events_location
 
     folder = state.dataset(version)
-    events_path, items_path = folder / "interaction_events.parquet", folder / "items.parquet"
+    events_path, items_path = events_location(folder), folder / "items.parquet"
     for path in (events_path, items_path):
         if not path.exists():
             raise MissingStateError(f"{path} is missing: re-run `recsys ingest`")
     spark = spark_session(config.features)
-    events = spark.read.parquet(str(events_path))
+    # A date-partitioned snapshot adds its partition column; the job reads the event columns only.
+    events = spark.read.parquet(str(events_path)).drop(PARTITION_KEY)
     items = spark.read.parquet(str(items_path))
     user_features, item_features = compute_features(spark, events, items, config.features.snapshot_every_days)
     written = write_offline(user_features, item_features, state.offline)

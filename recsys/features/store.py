@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from recsys.ingest.leakage import FEATURE_TS_SUFFIX
 from recsys.state import StateDir
 
 if TYPE_CHECKING:
@@ -200,6 +201,8 @@ def historical_features(
     Returns:
         ``entity_df``'s columns (index reset) plus the service's features for the entities present, same
         rows in the same order; features are missing (NaN/None) where the entity had no snapshot yet.
+        Each feature view also adds ``<view>__feature_ts``, the time of the snapshot its features come
+        from (NaT when none), for ``recsys.ingest.leakage.check_point_in_time``.
     """
     import pandas as pd
 
@@ -229,7 +232,43 @@ def historical_features(
     result = entity_df.reset_index(drop=True).copy()
     for name in names:
         result[name] = joined[name].to_numpy()
+    for view, snapshot_ts in _snapshot_times(store, refs, query).items():
+        result[view + FEATURE_TS_SUFFIX] = snapshot_ts
     return result
+
+
+def _snapshot_times(store: feast.FeatureStore, refs: list[str], query: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per feature view of ``refs``, the ``feature_ts`` of the snapshot row each query row's features come
+    from (the newest with ``feature_ts <= event_timestamp``, the rule of Feast's join), NaT where the
+    entity had none yet: what the leakage check compares with each example's time."""
+    import pandas as pd
+    from feast import FileSource
+
+    times: dict[str, pd.Series] = {}
+    order = query[EVENT_TIMESTAMP].astype("datetime64[us, UTC]").sort_values(kind="stable")
+    for view_name in dict.fromkeys(ref.split(":", 1)[0] for ref in refs):
+        view = store.get_feature_view(view_name)
+        key = view.entity_columns[0].name
+        source = view.batch_source
+        if not isinstance(source, FileSource):
+            raise FeatureRequestError(f"feature view {view_name!r} is not backed by a snapshot file")
+        stamp = source.timestamp_field
+        path = _offline_dir(store) / Path(source.path).name
+        snapshots = pd.read_parquet(path, columns=[key, stamp]).dropna()
+        snapshots[stamp] = pd.to_datetime(snapshots[stamp], utc=True).astype("datetime64[us, UTC]")
+        left = pd.DataFrame({key: query[key].to_numpy()[order.index], EVENT_TIMESTAMP: order.array})
+        left["_row"] = order.index.to_numpy()
+        right = snapshots.assign(_snapshot=snapshots[stamp])[[key, stamp, "_snapshot"]]
+        found = pd.merge_asof(
+            left,
+            right.sort_values(stamp),
+            left_on=EVENT_TIMESTAMP,
+            right_on=stamp,
+            by=key,
+            direction="backward",
+        )
+        times[view_name] = found.set_index("_row")["_snapshot"].sort_index().reset_index(drop=True)
+    return times
 
 
 def online_features(

@@ -9,6 +9,7 @@ function on the ``interaction_events`` frame; :func:`clean_events` runs them in 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -37,6 +38,8 @@ class CleaningConfig(BaseModel):
     dwell_cap_multiple: float = Field(default=4.0, gt=0)
     # An event that reached the server this many minutes after it happened is late (kept, counted).
     late_after_minutes: float = Field(default=60.0, ge=0)
+    # An event or server time more than this many minutes after ingest time is impossible: quarantined.
+    future_tolerance_minutes: float = Field(default=5.0, ge=0)
 
 
 class ReconciliationError(ValueError):
@@ -85,6 +88,26 @@ class CleaningResult:
     @property
     def duplicates(self) -> int:
         return self.duplicate_ids + self.collapsed
+
+
+def quarantine_future(
+    events: pd.DataFrame, now: pd.Timestamp, tolerance: pd.Timedelta
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split off events stamped after ``now + tolerance`` (a wrong device clock, a unit mix-up): they
+    go to quarantine with the reason and the row as JSON, the rest is returned unchanged."""
+    limit = now + tolerance
+    future = (events["event_ts"] > limit) | (events["server_ts"] > limit)
+    future = future.fillna(False).to_numpy(dtype=bool)
+    records = events[future].astype(object).where(events[future].notna(), None).to_dict(orient="records")
+    quarantine = pd.DataFrame(
+        {
+            "table": ["interaction_events"] * len(records),
+            "reason": [f"timestamp in the future (after {limit.isoformat()})"] * len(records),
+            "record": [json.dumps(r, default=str) for r in records],
+        },
+        dtype=object,
+    )
+    return events[~future].reset_index(drop=True), quarantine
 
 
 def drop_duplicate_ids(events: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -155,25 +178,42 @@ def find_bots(events: pd.DataFrame, cfg: CleaningConfig) -> set[str]:
     return bots
 
 
-def cap_dwell(events: pd.DataFrame, multiple: float) -> tuple[pd.DataFrame, int]:
-    """Cap each view's dwell at ``multiple`` times its item's median view dwell (left idle, not watching).
+def _views(events: pd.DataFrame) -> np.ndarray:
+    return np.asarray(
+        (events["event_type"] == "view").to_numpy() & events["dwell_time_ms"].notna().to_numpy()
+    )
 
-    Capping leaves each item's median where it was, so capping twice changes nothing.
-    """
-    dwell = events["dwell_time_ms"]
-    is_view = (events["event_type"] == "view").to_numpy() & dwell.notna().to_numpy()
+
+def dwell_caps(events: pd.DataFrame, multiple: float) -> pd.Series:
+    """Per item id, ``multiple`` times its median view dwell, floored: the most dwell a view may keep."""
+    is_view = _views(events)
+    dwell = events.loc[is_view, "dwell_time_ms"].astype("float64")
+    median = dwell.groupby(events.loc[is_view, "item_id"].to_numpy()).median()
+    return np.floor(median * multiple)
+
+
+def apply_dwell_caps(events: pd.DataFrame, caps: pd.Series) -> tuple[pd.DataFrame, int]:
+    """Lower each view's dwell to its item's cap (:func:`dwell_caps`); items without a cap keep theirs."""
+    is_view = _views(events)
     if not is_view.any():
         return events, 0
-    views = events.loc[is_view, ["item_id"]].assign(dwell=dwell[is_view].astype("float64"))
-    median = views.groupby("item_id")["dwell"].transform("median")
-    cap = np.floor(median * multiple)
-    over = views["dwell"] > cap
+    dwell = events.loc[is_view, "dwell_time_ms"].astype("float64")
+    cap = events.loc[is_view, "item_id"].map(caps).astype("float64")
+    over = dwell > cap
     if not over.any():
         return events, 0
     capped = events.copy()
     capped.loc[over[over].index, "dwell_time_ms"] = cap[over].astype("int64").to_numpy()
     capped["dwell_time_ms"] = capped["dwell_time_ms"].astype("Int64")
     return capped, int(over.sum())
+
+
+def cap_dwell(events: pd.DataFrame, multiple: float) -> tuple[pd.DataFrame, int]:
+    """Cap each view's dwell at ``multiple`` times its item's median view dwell (left idle, not watching).
+
+    Capping leaves each item's median where it was, so capping twice changes nothing.
+    """
+    return apply_dwell_caps(events, dwell_caps(events, multiple))
 
 
 def count_late(events: pd.DataFrame, threshold: pd.Timedelta) -> int:

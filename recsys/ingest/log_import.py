@@ -5,8 +5,9 @@ column (``user_id: customer``), a constant (``event_type: {value: purchase}``) o
 for its nulls (``surface: {column: page, default: homepage}``), and says how timestamps are written.
 Whatever the log lacks is derived as for MovieLens: event ids from the event's content (so a re-import
 gives the same ids), sessions from 30-minute gaps, one item per item id (title defaults to the id), one
-user per user id (signup at the first event). Rows whose timestamp cannot be parsed are quarantined with
-the reason; every other row is kept. ``configs/mappings/shop_purchases.example.yaml`` is an example.
+user per user id (signup at the first event). Rows whose timestamp or whole number (dwell, position)
+cannot be parsed are quarantined with the reason; every other row is kept.
+``configs/mappings/shop_purchases.example.yaml`` is an example.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "items": tuple(name for name in ITEMS_SCHEMA.names if name != "item_id"),
     "users": tuple(name for name in USERS_SCHEMA.names if name != "user_id"),
 }
+WHOLE_NUMBER_TARGETS: frozenset[str] = frozenset({"dwell_time_ms", "position"})
 REQUIRED_EVENT_TARGETS: tuple[str, ...] = ("user_id", "item_id", "event_type", "event_ts")
 
 
@@ -165,7 +167,8 @@ def _text(values: pd.Series) -> pd.Series:
 
 
 def _mapped(frame: pd.DataFrame, mapping: LogMapping) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every mapped target as a column (prefixed ``items.``/``users.``), and the unparsable-time rows."""
+    """Every mapped target as a column (prefixed ``items.``/``users.``), and the rows whose times or
+    whole numbers cannot be parsed (quarantined, with every reason)."""
     out = pd.DataFrame(index=frame.index)
     bad_reason = pd.Series("", index=frame.index, dtype=object)
     for table in TARGETS:
@@ -177,6 +180,11 @@ def _mapped(frame: pd.DataFrame, mapping: LogMapping) -> tuple[pd.DataFrame, pd.
                 failed = parsed.isna() & values.notna()
                 bad_reason[failed] += f"unparsable timestamp {name}; "
                 values = parsed
+            elif target in WHOLE_NUMBER_TARGETS:
+                numbers = pd.to_numeric(values, errors="coerce")
+                failed = values.notna() & (numbers.isna() | (numbers.round() != numbers))
+                bad_reason[failed] += f"not a whole number {name}; "
+                values = numbers.where(~failed)
             out[name] = values
     bad = bad_reason != ""
     quarantine = pd.DataFrame(

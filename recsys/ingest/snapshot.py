@@ -2,6 +2,10 @@
 
 The version is a hash of the clean tables in a canonical order together with their schemas, so the
 same input and mapping always give the same version, and a snapshot once written is never rewritten.
+Events are stored partitioned by event date (``recsys/ingest/event_store.py``) and hashed partition by
+partition in date order, each in its storage order (which is total: it ends with ``event_id``), so a
+snapshot can be streamed to disk a few days at a time (:class:`SnapshotWriter`) and still gets the version
+that the whole table would.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.ingest.event_store import EVENTS_DIR, read_events, split_by_date, write_partition
 from recsys.ingest.schema import SCHEMAS, to_arrow, to_pandas
 from recsys.state import MissingStateError, StateDir
 
@@ -56,12 +62,13 @@ def _table_digest(table: pa.Table) -> bytes:
     return hashlib.sha256(sink.getvalue().to_pybytes()).digest()
 
 
-def dataset_version(tables: dict[str, pa.Table]) -> str:
-    """Hash of the canonical tables (schema included): equal content, equal version."""
+def dataset_version(events_digest: bytes, items: pa.Table, users: pa.Table) -> str:
+    """Hash of the events' partition digests (:meth:`SnapshotWriter.add_events`) and the canonical items
+    and users tables (schemas included): equal content, equal version."""
     digest = hashlib.sha256()
-    for name in sorted(CANONICAL_ORDER):
-        digest.update(name.encode() + b"\0")
-        digest.update(_table_digest(tables[name]))
+    for name, part in (("interaction_events", events_digest), ("items", _table_digest(items))):
+        digest.update(name.encode() + b"\0" + part)
+    digest.update(b"users\0" + _table_digest(users))
     return digest.hexdigest()[:VERSION_LENGTH]
 
 
@@ -71,43 +78,67 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_snapshot(
-    state: StateDir,
-    tables: dict[str, pa.Table],
-    quarantine: pd.DataFrame,
-    manifest: dict[str, Any],
-) -> tuple[str, bool]:
-    """Write a snapshot unless its version exists, and point ``datasets/LATEST`` at it.
-
-    The files are written into a hidden temporary directory that is renamed into place, so a reader never
-    sees a half-written version and two concurrent writers of the same version cannot both win.
-
-    Returns:
-        the version and whether this call wrote it.
+class SnapshotWriter:
+    """Stream a snapshot into a hidden folder: event partitions as they come, then the small tables and the
+    manifest; :meth:`finish` renames it into place unless that version exists, and points
+    ``datasets/LATEST`` at it. A reader never sees a half-written version, and two concurrent writers of
+    the same version cannot both win. Use it as a context manager: the hidden folder goes on any exit.
     """
-    version = dataset_version(tables)
-    target = state.dataset(version)
-    state.datasets.mkdir(parents=True, exist_ok=True)
-    created = False
-    if not (target / "manifest.json").exists():
-        tmp = state.datasets / f".tmp-{version}-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            for name, table in tables.items():
-                pq.write_table(table, tmp / f"{name}.parquet")
-            pq.write_table(to_arrow(quarantine, SCHEMAS["quarantine"]), tmp / "quarantine.parquet")
+
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        state.datasets.mkdir(parents=True, exist_ok=True)
+        self.tmp = state.datasets / f".tmp-{uuid.uuid4().hex}"
+        self.tmp.mkdir()
+        self.partitions: dict[str, int] = {}
+        self._digest = hashlib.sha256()
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def add_events(self, table: pa.Table) -> None:
+        """Write clean events (``EVENTS_SCHEMA``); each call must hold whole days later than any before."""
+        for name, part in split_by_date(table):
+            if self.partitions and name <= max(self.partitions):
+                raise ValueError(
+                    f"events of {name} come after those of {max(self.partitions)}: days out of order"
+                )
+            write_partition(self.tmp, name, part)
+            self.partitions[name] = part.num_rows
+            self._digest.update(name.encode() + b"\0" + _table_digest(part))
+
+    def finish(
+        self, items: pa.Table, users: pa.Table, quarantine: pd.DataFrame, manifest: dict[str, Any]
+    ) -> tuple[str, bool]:
+        """Write the canonical ``items`` and ``users`` tables, the quarantine and the manifest.
+
+        Returns:
+            the version and whether this call wrote it.
+        """
+        version = dataset_version(self._digest.digest(), items, users)
+        target = self.state.dataset(version)
+        created = False
+        if not (target / "manifest.json").exists():
+            (self.tmp / EVENTS_DIR).mkdir(exist_ok=True)
+            pq.write_table(items, self.tmp / "items.parquet")
+            pq.write_table(users, self.tmp / "users.parquet")
+            pq.write_table(to_arrow(quarantine, SCHEMAS["quarantine"]), self.tmp / "quarantine.parquet")
             full = {"dataset_version": version, **manifest}
-            (tmp / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-            os.rename(tmp, target)
-            created = True
-        except OSError:
-            if not (target / "manifest.json").exists():
-                raise
-            # Another writer put the same version in place first: its content is ours by construction.
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    _write_text_atomic(state.datasets / "LATEST", version + "\n")
-    return version, created
+            (self.tmp / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+            try:
+                os.rename(self.tmp, target)
+                created = True
+            except OSError:
+                if not (target / "manifest.json").exists():
+                    raise
+                # Another writer put the same version in place first: its content is ours by construction.
+        _write_text_atomic(self.state.datasets / "LATEST", version + "\n")
+        return version, created
 
 
 def read_manifest(state: StateDir, version: str) -> dict[str, Any]:
@@ -120,6 +151,11 @@ def read_manifest(state: StateDir, version: str) -> dict[str, Any]:
 
 def load_table(state: StateDir, version: str, name: str) -> pd.DataFrame:
     """One table of a version in pandas form (``quarantine`` included)."""
+    if name == EVENTS_DIR:
+        try:
+            return read_events(state.dataset(version))
+        except FileNotFoundError as err:
+            raise MissingStateError(str(err)) from err
     path = state.dataset(version) / f"{name}.parquet"
     if not path.exists():
         raise MissingStateError(f"{path} not found: run `recsys ingest` first")
@@ -137,6 +173,12 @@ def load_dataset(state: StateDir, version: str | None = None) -> Dataset:
     )
 
 
+def base_manifest(source: dict[str, Any], counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    return {"created_at": datetime.now(UTC).isoformat(), "source": source, "counts": counts}
+
+
 def save_dataset(
     state: StateDir,
     events: pd.DataFrame,
@@ -151,8 +193,6 @@ def save_dataset(
     Returns:
         the version and whether this call wrote it.
     """
-    from datetime import UTC, datetime
-
     from recsys.ingest.schema import QUARANTINE_SCHEMA, empty_frame
 
     frames = {"interaction_events": events, "items": items, "users": users}
@@ -162,6 +202,7 @@ def save_dataset(
     for name, table in tables.items():
         n_bad = int((rejected["table"] == name).sum())
         counts[name] = {"rows_in": table.num_rows + n_bad, "clean": table.num_rows, "quarantined": n_bad}
-    manifest = {"created_at": datetime.now(UTC).isoformat(), "source": source, "counts": counts}
-    manifest |= extra_manifest or {}
-    return write_snapshot(state, tables, rejected, manifest)
+    manifest = base_manifest(source, counts) | (extra_manifest or {})
+    with SnapshotWriter(state) as writer:
+        writer.add_events(tables["interaction_events"])
+        return writer.finish(tables["items"], tables["users"], rejected, manifest)

@@ -89,8 +89,11 @@ class SimulatorConfig(_Frozen):
     late_mobile_rate: float = Field(default=0.1, ge=0, le=1)
     late_min_hours: float = Field(default=1.0, gt=0)
     late_mean_hours: float = Field(default=6.0, gt=0)
-    bot_fraction: float = Field(default=1e-4, ge=0, le=1)
-    bot_events_per_day: int = Field(default=3_000, ge=1)
+    # Bots click far above any person (the busiest simulated user makes a few hundred events a day) and
+    # above cleaning's default daily bot threshold (5,000): each bot is active for `bot_days` days from a
+    # random time, so with two or more days at least one whole UTC day carries its full daily rate.
+    bot_fraction: float = Field(default=2e-5, ge=0, le=1)
+    bot_events_per_day: int = Field(default=15_000, ge=1)
     bot_days: int = Field(default=2, ge=1)
 
     # Catalogue: share of items published before `start` (the rest arrive during the period).
