@@ -1,19 +1,19 @@
-"""`recsys evaluate`: ranking and beyond-accuracy metrics on the temporal test split, against popularity.
+"""`recsys evaluate`: ranking and beyond-accuracy metrics of a registered system on a split's window.
 
-Protocol: for every user with a positive in the test window, the user's history is their train and
-validation events; items from that history are never recommended. Relevant items are the user's test
-positives. Three recommenders are compared on the same users:
+Protocol (`evaluation.harness`): for every user with a positive in the window (the test window by
+default), the user's history is everything before it; items from that history are never recommended.
+Relevant items are the user's window positives. On the same users:
 
-- popularity: items by like count over train + validation;
-- retrieval: the champion two-tower's top items, user and item features as of the user's test start;
-- retrieval+ranking: the champion ranker reordering the retriever's top `ranker.n_candidates`.
+- popularity (like count over the history) and the CF baselines of `evaluate.baselines`;
+- retrieval: the two-tower top items of the evaluated system (`--model`, default `champion`), features
+  as of the user's window start; retrieval+ranking: its ranker reordering the first
+  `ranker.n_candidates`;
+- champion: the champion's retrieval+ranking, when the evaluated system is another one;
+- served: the serving stages themselves replayed over the same users (`evaluation.replay`).
 
-Features come from Feast point-in-time reads at the start of each user's test window (moved back to
-the newest feature snapshot), so nothing from the test window reaches a model.
-
-Per model and K, metrics.json holds Recall, NDCG, Precision, MRR, MAP and hit rate (averaged over the
-test users), and catalogue coverage, category diversity, novelty and exposure Gini of the same users'
-lists cut at K. Definitions: docs/evaluation.md.
+Outputs, next to each other in `<state>/evaluation/<dataset_version>/[<split>-<model>/]`: metrics.json
+(schema `METRICS_SCHEMA_VERSION`, documented in docs/evaluation.md), report.html (self-contained),
+table.txt and metrics.png.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluation.beyond_accuracy import list_metrics
+from evaluation.harness import rankings_by_user as rankings_by_user
 from evaluation.metrics import ranking_metrics
 from recsys.config import PipelineConfig
-from recsys.state import MissingStateError, StateDir
+from recsys.state import StateDir
 
 # Columns of the second table: metric key prefix -> header.
 EXTRA_COLUMNS: dict[str, str] = {
@@ -56,6 +57,9 @@ class EvaluationSummary:
     models: dict[str, dict[str, float]]
     model_versions: dict[str, str]
     path: Path
+    split: str = "test"
+    model_ref: str = "champion"
+    seconds: float = 0.0
 
 
 def mean_metrics(
@@ -99,15 +103,6 @@ def popularity_rankings(
                 if len(picked) == n:
                     break
         out[user] = picked
-    return out
-
-
-def rankings_by_user(candidates: pd.DataFrame, score_column: str) -> dict[str, list[str]]:
-    """Per user, candidate items sorted by `score_column`, best first (ties keep candidate order)."""
-    out: dict[str, list[str]] = {}
-    for user, rows in candidates.groupby("user_id", sort=False):
-        order = np.argsort(-rows[score_column].to_numpy(), kind="stable")
-        out[str(user)] = rows["item_id"].to_numpy()[order].tolist()
     return out
 
 
@@ -185,126 +180,142 @@ def baseline_rankings(
     return rankings
 
 
-def require_trained_on(state: StateDir, version: str) -> None:
-    """Refuse to score champions on a dataset version they were not trained on: the split would not
-    match the one their training saw, so the figures would mix training and test data."""
-    from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, champion_version
+def output_dir(state: StateDir, version: str, split: str, model_ref: str) -> Path:
+    """Where an evaluation writes: the dataset's folder for the champion on test (the default run),
+    a `<split>-<ref>` folder below it otherwise, so runs on other models never overwrite it."""
+    from training.registry import CHAMPION
 
-    for model_name in (TWO_TOWER_MODEL, RANKER_MODEL):
-        entry = champion_version(state, model_name)
-        if entry is None:
-            raise MissingStateError(f"no champion {model_name}: run `recsys train` first")
-        trained_on = entry.tags.get("dataset_version")
-        if trained_on != version:
-            raise ValueError(
-                f"champion {model_name} v{entry.version} was trained on dataset {trained_on}, not {version}: "
-                f"train on {version} first, or evaluate with --dataset-version {trained_on}"
-            )
+    base = state.evaluation(version)
+    return base if (split, model_ref) == ("test", CHAMPION) else base / f"{split}-{model_ref}"
 
 
-def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> EvaluationSummary:
-    """Evaluate popularity, the CF baselines, retrieval and retrieval + ranking on the test split;
-    write metrics.json, a table and a figure."""
-    from evaluation.split import load_split
-    from recsys.features.store import build_store, historical_features
-    from recsys.ingest.snapshot import load_dataset
+def _labels(ranked: pd.DataFrame, relevant: Mapping[str, set[str]]) -> np.ndarray:
+    return np.fromiter(
+        (i in relevant.get(u, ()) for u, i in zip(ranked["user_id"], ranked["item_id"], strict=True)),
+        dtype=float,
+        count=len(ranked),
+    )
+
+
+def run_evaluate(
+    config: PipelineConfig,
+    dataset_version: str | None = None,
+    model: str = "champion",
+    split: str = "test",
+) -> EvaluationSummary:
+    """Evaluate the system `model` (alias or ranker version) beside the baselines on `split`'s window;
+    write metrics.json, report.html, a table and a figure. See the module docstring."""
+    import time
+
+    from evaluation.document import build_document, calibration_summary, curve_ks
+    from evaluation.harness import load_window, score_system
+    from evaluation.replay import run_replay
+    from evaluation.slices import context_slices, item_slices, restrict_relevant, slice_metrics, user_slices
     from training import examples as ex
-    from training.candidates import floor_to_snapshots, generate_candidates, ranker_inputs, sorted_by_user
-    from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, champion_version, load_champion
-    from training.runtime import RankingModel, RetrievalModel
-    from training.stage import snapshot_grid
+    from training.registry import CHAMPION, RANKER_MODEL, TWO_TOWER_MODEL, model_version, resolve_system
 
-    state = StateDir(config.state_dir)
-    version = state.resolve_version(dataset_version)
+    started = time.perf_counter()
     ks = tuple(sorted(config.evaluate.ks))
     n_candidates = max(config.ranker.n_candidates, max(ks))
     with console.status("loading split, models and feature store") as status:
-        split = load_split(state, version)
-        dataset = load_dataset(state, version)
-        history = pd.concat([split.train, split.validation], ignore_index=True)
-        relevant = ex.items_by_user(ex.positives(split.test))
-        users = sorted(relevant)
-        if not users:
-            raise ValueError(
-                f"dataset {version} has no test users with a positive event: nothing to evaluate"
-            )
-        require_trained_on(state, version)
-        seen = ex.items_by_user(history)
-        retrieval = RetrievalModel.load(*load_champion(state, TWO_TOWER_MODEL))
-        ranking = RankingModel.load(*load_champion(state, RANKER_MODEL))
-        store = build_store(state, config.features)
-
+        window = load_window(config, dataset_version, split)
+        version, users, relevant, seen = window.dataset_version, window.users, window.relevant, window.seen
+        system = score_system(config, window, model, n_candidates, progress=status.update)
         rankings: dict[str, dict[str, list[str]]] = {}
-        popular = [item for item, _ in ex.popularity(history)]
+        popular = [item for item, _ in ex.popularity(window.history)]
         rankings["popularity"] = popularity_rankings(popular, users, seen, max(ks))
-        rankings |= baseline_rankings(config.evaluate.baselines, dataset.items, history, users, seen, max(ks))
-
-        status.update("retrieval: candidates at each user's test start")
-        starts = ex.window_starts(split.test[split.test["user_id"].astype(str).isin(users)])
-        grid = snapshot_grid(dataset.events, config.features.snapshot_every_days)
-        starts["event_timestamp"] = floor_to_snapshots(starts["event_timestamp"], grid)
-        candidates = generate_candidates(
-            retrieval,
-            store,
-            historical_features,
-            starts,
-            seen,
-            n_candidates,
-            progress=lambda message: status.update(f"retrieval: {message}"),
+        rankings |= baseline_rankings(
+            config.evaluate.baselines, window.items, window.history, users, seen, max(ks)
         )
-        candidates = sorted_by_user(candidates)
-        rankings["retrieval"] = rankings_by_user(candidates, "retrieval_score")
+        rankings |= system.rankings
+        if resolve_system(window.state, CHAMPION) != (system.two_tower_version, system.ranker_version):
+            status.update("champion: the current champion on the same users")
+            champion = score_system(config, window, CHAMPION, n_candidates, progress=status.update)
+            rankings["champion"] = champion.rankings["retrieval+ranking"]
+        replay = None
+        if config.evaluate.replay:
+            status.update("served: replaying the serving stages over the judged users")
+            replayed = run_replay(config, window, model, max(ks))
+            rankings["served"] = replayed.rankings
+            replay = {"fallbacks": replayed.fallbacks}
 
-        status.update(f"ranking: ranker_v1 features for {len(candidates)} candidates")
-        ranked = (
-            candidates.groupby("user_id", sort=False).head(config.ranker.n_candidates).reset_index(drop=True)
-        )
-        matrix, _, _ = ranker_inputs(store, historical_features, ranked)
-        ranked = ranked.assign(rank_score=ranking.predict_matrix(matrix))
-        rankings["retrieval+ranking"] = rankings_by_user(ranked, "rank_score")
-
-    categories = item_categories(dataset.items)
+    categories = item_categories(window.items)
     catalogue = sorted(categories)
     item_users = users_per_item(seen)
+    grid = curve_ks(ks)
     models: dict[str, dict[str, float]] = {}
-    for name in rankings:
-        models[name] = mean_metrics(rankings[name], relevant, ks)
-        lists = [rankings[name].get(u, []) for u in users]
+    curves: dict[str, dict[str, float]] = {}
+    for name, lists_by_user in rankings.items():
+        curves[name] = mean_metrics(lists_by_user, relevant, grid)
+        models[name] = {k: v for k, v in curves[name].items() if int(k.split("@")[1]) in ks}
+        lists = [lists_by_user.get(u, []) for u in users]
         models[name] |= list_metrics(lists, ks, catalogue, categories, item_users, len(seen))
-    versions = {"retrieval": retrieval.version, "ranking": ranking.version}
-    title = f"Test window, {len(users)} users, dataset {version}"
+
+    history_counts = window.history["user_id"].astype(str).value_counts().to_dict()
+    item_counts = {str(k): float(v) for k, v in window.history["item_id"].astype(str).value_counts().items()}
+    head = item_slices(item_counts, config.evaluate.head_share)["head"]
+    users_by_slice = user_slices(
+        history_counts, users, config.evaluate.cold_start_max, config.evaluate.power_quantile
+    ) | context_slices(window.window, users)
+    slices = slice_metrics(
+        rankings,
+        relevant,
+        users_by_slice,
+        {
+            "long_tail_items": restrict_relevant(relevant, drop=head),
+            "new_items": restrict_relevant(relevant, drop=set(item_counts)),
+        },
+        ks,
+    )
+    calibration = calibration_summary(
+        _labels(system.ranked, relevant),
+        system.ranked["rank_score"].to_numpy(),
+        system.ranked["rank_probability"].to_numpy(),
+    )
+    versions = {"retrieval": system.two_tower_version, "ranking": system.ranker_version}
+    title = f"{split} window, {len(users)} users, dataset {version}, model {model}"
     table = render_table(models, ks, title)
     extra = render_extra_table(models, ks, f"{title}: more ranking metrics and beyond accuracy")
     console.print(table)
     console.print(extra)
 
-    out_dir = state.evaluation(version)
+    out_dir = output_dir(window.state, version, split, model)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "dataset_version": version,
-        "n_users": len(users),
-        "ks": list(ks),
-        "n_candidates": config.ranker.n_candidates,
-        "model_versions": versions,
-        "models": models,
-    }
-    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    document = build_document(
+        dataset_version=version,
+        split=split,
+        model_ref=model,
+        model_versions=versions,
+        n_users=len(users),
+        ks=ks,
+        n_candidates=config.ranker.n_candidates,
+        seconds=time.perf_counter() - started,
+        models=models,
+        curves=curves,
+        slices=slices,
+        calibration=calibration,
+        replay=replay,
+        report="report.html",
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     with (out_dir / "table.txt").open("w") as handle:
         table_console = Console(file=handle, width=160)
         table_console.print(table)
         table_console.print(extra)
     _plot(models, ks, out_dir / "metrics.png")
+    write_report(document, rankings, item_counts, catalogue, out_dir / "report.html")
 
     from training.registry import log_metrics_to_run
 
-    for model_name, keys in (
-        (TWO_TOWER_MODEL, ("popularity", "retrieval")),
-        (RANKER_MODEL, ("retrieval+ranking",)),
-    ):
-        entry = champion_version(state, model_name)
-        if entry is not None and "run_id" in entry.tags:
-            flat = {_metric_key(name, m): v for name in keys for m, v in models[name].items()}
-            log_metrics_to_run(state, entry.tags["run_id"], flat)
+    if split == "test":
+        for model_name, model_ref, keys in (
+            (TWO_TOWER_MODEL, system.two_tower_version, ("popularity", "retrieval")),
+            (RANKER_MODEL, system.ranker_version, ("retrieval+ranking",)),
+        ):
+            entry = model_version(window.state, model_name, model_ref)
+            if "run_id" in entry.tags:
+                flat = {_metric_key(name, m): v for name in keys for m, v in models[name].items()}
+                log_metrics_to_run(window.state, entry.tags["run_id"], flat)
     return EvaluationSummary(
         dataset_version=version,
         n_users=len(users),
@@ -312,4 +323,45 @@ def run_evaluate(config: PipelineConfig, dataset_version: str | None = None) -> 
         models=models,
         model_versions=versions,
         path=out_dir / "metrics.json",
+        split=split,
+        model_ref=model,
+        seconds=document["seconds"],
     )
+
+
+def write_report(
+    document: Mapping[str, Any],
+    rankings: Mapping[str, Mapping[str, Sequence[str]]],
+    item_counts: Mapping[str, float],
+    catalogue: Sequence[str],
+    path: Path,
+) -> Path:
+    """The HTML report for `document`, with the popularity of each model's top-K items (first K)."""
+    from evaluation.report import (
+        metric_vs_k_figure,
+        popularity_figure,
+        popularity_percentiles,
+        reliability_figure,
+        render_html,
+        slices_figure,
+    )
+
+    k = document["ks"][0]
+    percentile = popularity_percentiles(item_counts, catalogue)
+    shown = {
+        name: [percentile.get(i, 0.0) for items in lists.values() for i in items[:k]]
+        for name, lists in rankings.items()
+    }
+    figures = {"Metric vs K": metric_vs_k_figure(document["curves"], document["curve_ks"])}
+    curve, raw_curve = document["calibration"].get("curve"), document["calibration"].get("raw_curve")
+    if curve is not None:
+        figures["Calibration of the ranker"] = reliability_figure(
+            {key: [np.nan if v is None else v for v in values] for key, values in curve.items()},
+            None
+            if raw_curve is None or not document["calibration"].get("calibrated")
+            else {key: [np.nan if v is None else v for v in values] for key, values in raw_curve.items()},
+        )
+    figures[f"Slices: NDCG@{k}"] = slices_figure(document["slices"], f"ndcg@{k}")
+    figures[f"Popularity of recommended items (top {k})"] = popularity_figure(shown)
+    path.write_text(render_html(document, figures))
+    return path

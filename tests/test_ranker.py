@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factories import SMALL_RANKER as CFG
+from factories import planted_ranker_rows as _planted
 
-from recsys.config import RankerConfig
 from training.ranker import RankerDataError, train_ranker
 from training.ranker_features import RANKER_FEATURE_NAMES
 
 DOT = RANKER_FEATURE_NAMES.index("genre_affinity_dot")
-CFG = RankerConfig(n_candidates=20, n_estimators=40, num_leaves=7, min_child_samples=5, num_threads=1)
-
-
-def _planted(
-    n_users: int = 60, per_user: int = 20, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per user, the two candidates with the highest genre_affinity_dot are the positives."""
-    rng = np.random.default_rng(seed)
-    features = rng.normal(size=(n_users * per_user, len(RANKER_FEATURE_NAMES))).astype(np.float32)
-    labels = np.zeros(n_users * per_user, dtype=np.float32)
-    for u in range(n_users):
-        block = slice(u * per_user, (u + 1) * per_user)
-        top = np.argsort(-features[block, DOT])[:2]
-        labels[u * per_user + top] = 1
-    return features, labels, np.full(n_users, per_user)
 
 
 def test_ranker_learns_the_planted_signal() -> None:

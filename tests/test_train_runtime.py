@@ -74,12 +74,15 @@ def test_ranking_model_round_trip(tmp_path: Path) -> None:
     features = rng.normal(size=(200, len(RANKER_FEATURE_NAMES))).astype(np.float32)
     labels = (features[:, 0] > 1).astype(np.float32)
     cfg = RankerConfig(n_candidates=10, n_estimators=10, min_child_samples=2, num_threads=1)
-    booster = train_ranker(features, labels, np.full(20, 10), cfg).booster
-    write_ranker_artifacts(tmp_path / "rk", booster)
+    trained = train_ranker(features, labels, np.full(20, 10), cfg)
+    write_ranker_artifacts(tmp_path / "rk", trained.booster, trained.calibrator)
     model = RankingModel.load(tmp_path / "rk", "3")
     items = pd.DataFrame({"item_n_events": [1, 2, 3]})
     scores = model.score({"user_n_events": 4}, items, np.array([0.9, 0.1, 0.5]))
     assert scores.shape == (3,) and np.isfinite(scores).all()
+    probabilities = model.probabilities(scores)
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+    assert (np.argsort(probabilities) == np.argsort(scores)).all()  # calibration never reorders
     assert model.feature_service == "ranker_v1"
 
 

@@ -1,4 +1,4 @@
-"""The LightGBM lambdarank ranker over retrieval candidates, one query group per user."""
+"""The LightGBM lambdarank ranker over retrieval candidates, one query group per user, and its calibration."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from recsys.config import RankerConfig
+from training.calibration import PlattCalibrator, fit_platt, logistic
 from training.ranker_features import RANKER_FEATURE_NAMES
 
 HOLDOUT_FRACTION = 0.2
@@ -22,6 +23,7 @@ class RankerDataError(ValueError):
 class RankerResult:
     booster: Any  # lightgbm.Booster
     metrics: dict[str, float]
+    calibrator: PlattCalibrator
 
 
 def _group_offsets(group_sizes: np.ndarray) -> np.ndarray:
@@ -37,6 +39,13 @@ def train_ranker(
     users is held out to pick the number of trees (early stopping on NDCG@10), so the ranker never
     needs the test window. With fewer than two users holding a positive (tiny samples) every group is
     fitted, without a holdout.
+
+    The calibrator (raw score -> P(engaged)) is fitted on rows the trees were not fitted on: every
+    candidate of the held-out users, plus the same seeded share of the users without a positive (the
+    trees skip those, but they are part of the population scored at evaluation). No negative is
+    sampled away, so the down-sampling correction is the identity (negative_rate 1). Without a holdout
+    it is fitted in-sample (`ranker_calibration_in_sample` = 1). ECE of the raw score read as log-odds
+    and of the calibrated probability, on those rows, goes into the metrics.
 
     Args:
         features: (n_rows, len(RANKER_FEATURE_NAMES)) float32.
@@ -56,14 +65,19 @@ def train_ranker(
         [labels[offsets[g] : offsets[g + 1]].max() > 0 if sizes[g] else False for g in range(len(sizes))]
     )
     useful = np.flatnonzero(has_positive)
+    rng = np.random.default_rng(cfg.seed)
     if len(useful) < 2:
         # Too little signal to learn or to hold out (a tiny sample): fit all groups without early
         # stopping; with no positives the trees stay flat and ranking keeps the retrieval order.
         fit, holdout = np.arange(len(sizes)), np.zeros(0, dtype=np.int64)
+        calibration_groups = fit
     else:
-        shuffled = np.random.default_rng(cfg.seed).permutation(useful)
+        shuffled = rng.permutation(useful)
         n_holdout = max(1, round(len(useful) * HOLDOUT_FRACTION))
         holdout, fit = np.sort(shuffled[:n_holdout]), np.sort(shuffled[n_holdout:])
+        empty = rng.permutation(np.flatnonzero(~has_positive))
+        held_empty = empty[: round(len(empty) * HOLDOUT_FRACTION)]
+        calibration_groups = np.sort(np.concatenate([holdout, held_empty]))
     if len(fit) == 0:
         raise RankerDataError("ranker needs at least one user with candidates")
 
@@ -101,6 +115,9 @@ def train_ranker(
         }
     booster = lgb.train(params, fit_set, num_boost_round=cfg.n_estimators, **valid)
     best = booster.best_score.get("holdout", {}).get("ndcg@10", float("nan"))
+    calibrator, calibration_metrics = _calibrate(
+        booster, features[rows_of(calibration_groups)], labels[rows_of(calibration_groups)]
+    )
     metrics = {
         "ranker_holdout_ndcg_at_10": float(best),
         "ranker_best_iteration": float(booster.best_iteration or cfg.n_estimators),
@@ -108,5 +125,25 @@ def train_ranker(
         "ranker_holdout_users": float(len(holdout)),
         "ranker_rows": float(len(fit_rows) + len(holdout_rows)),
         "ranker_positive_rate": float(labels[np.concatenate([fit_rows, holdout_rows])].mean()),
+        "ranker_calibration_in_sample": float(len(holdout) == 0),
+        **calibration_metrics,
     }
-    return RankerResult(booster=booster, metrics=metrics)
+    return RankerResult(booster=booster, metrics=metrics, calibrator=calibrator)
+
+
+def _calibrate(
+    booster: Any, features: np.ndarray, labels: np.ndarray
+) -> tuple[PlattCalibrator, dict[str, float]]:
+    """Platt calibrator of the booster's scores on these rows, and ECE before and after it."""
+    from evaluation.calibration import expected_calibration_error
+
+    scores = booster.predict(features, num_iteration=booster.best_iteration or None)
+    calibrator = fit_platt(scores, labels, negative_rate=1.0)
+    binary = (np.asarray(labels) > 0).astype(np.int64)
+    metrics = {
+        "ranker_calibration_rows": float(len(labels)),
+        "ranker_calibration_slope": calibrator.slope,
+        "ranker_ece_raw": expected_calibration_error(binary, logistic(scores)),
+        "ranker_ece_calibrated": expected_calibration_error(binary, calibrator.probabilities(scores)),
+    }
+    return calibrator, metrics

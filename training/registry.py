@@ -1,8 +1,12 @@
-"""MLflow tracking and registry: log a trained model with its artefacts, register it, move `champion`.
+"""MLflow tracking and registry: log a trained model with its artefacts, register it, move aliases.
 
 The tracking store and the artefact root are set explicitly to the state directory, never MLflow's
 cwd defaults. Models are logged as pyfunc models carrying their artefact directory, so the registry
-holds a loadable model, and `load_champion` hands back that directory for RetrievalModel/RankingModel.
+holds a loadable model, and `load_model` hands back that directory for RetrievalModel/RankingModel.
+
+Aliases: `champion` is what serving loads; `challenger` is a candidate waiting for the gate. Every
+promotion pushes the outgoing champion onto a registered-model tag (`previous_champions`, newest last),
+so `rollback` can restore it without anyone remembering version numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ EXPERIMENT = "recsys"
 TWO_TOWER_MODEL = "recsys-two-tower"
 RANKER_MODEL = "recsys-ranker"
 CHAMPION = "champion"
+CHALLENGER = "challenger"
+# Registered-model tag: comma-separated former champions, newest last (the rollback stack).
+PREVIOUS_CHAMPIONS_TAG = "previous_champions"
 ARTIFACT_KEY = "model_dir"
 # Stated, not inferred: inference imports the model in a subprocess and costs seconds per model.
 PIP_REQUIREMENTS = (
@@ -110,14 +117,17 @@ def log_and_register(
     params: Mapping[str, Any],
     metrics: Mapping[str, float],
     tags: Mapping[str, str],
+    alias: str = CHAMPION,
 ) -> tuple[str, str]:
-    """Log one model run (params, metrics, tags, pyfunc with artefacts), register it, alias champion.
+    """Log one model run (params, metrics, tags, pyfunc with artefacts), register it, give it `alias`.
 
     Args:
         model_name: registered model name (TWO_TOWER_MODEL or RANKER_MODEL).
         kind: "retrieval" or "ranking": which runtime class the pyfunc loads.
         artifact_dir: the directory written by training.runtime.write_*_artifacts.
         tags: at least dataset_version and feature_service.
+        alias: `champion` promotes the new version (remembering the old champion for rollback); any
+            other alias only points at it.
 
     Returns:
         (run_id, registered version).
@@ -139,31 +149,121 @@ def log_and_register(
                 pip_requirements=list(PIP_REQUIREMENTS),
             )
         version = mlflow.register_model(info.model_uri, model_name, tags=dict(tags))
-        client.set_registered_model_alias(model_name, CHAMPION, version.version)
         client.set_model_version_tag(model_name, version.version, "run_id", run.info.run_id)
+    if alias == CHAMPION:
+        promote(state, model_name, str(version.version))
+    else:
+        set_alias(state, model_name, alias, str(version.version))
     return run.info.run_id, str(version.version)
+
+
+def _has_registry(state: StateDir) -> bool:
+    return (state.mlflow / "mlflow.db").exists()
+
+
+def model_version(state: StateDir, model_name: str, ref: str) -> Any:
+    """The registry entry named by `ref`: an alias (`champion`, `challenger`) or a version number.
+
+    Raises:
+        MissingStateError: no such model, alias or version.
+    """
+    import mlflow
+
+    if not _has_registry(state):
+        raise MissingStateError(f"no model registry in {state.mlflow}: run `recsys train` first")
+    client = configure(state)
+    ref = str(ref).strip()
+    try:
+        if ref.isdigit():
+            return client.get_model_version(model_name, ref)
+        return client.get_model_version_by_alias(model_name, ref)
+    except mlflow.exceptions.MlflowException:
+        what = f"version {ref}" if ref.isdigit() else f"alias {ref!r}"
+        raise MissingStateError(f"{model_name} has no {what} in {state.mlflow}") from None
+
+
+def resolve_version(state: StateDir, model_name: str, ref: str) -> str:
+    """The version number that `ref` (an alias or a version number) names; raises when there is none."""
+    return str(model_version(state, model_name, ref).version)
+
+
+def alias_version(state: StateDir, model_name: str, alias: str) -> Any | None:
+    """The registry entry behind `alias`, or None when the alias (or the registry) does not exist."""
+    try:
+        return model_version(state, model_name, alias)
+    except MissingStateError:
+        return None
+
+
+def set_alias(state: StateDir, model_name: str, alias: str, version: str) -> None:
+    """Point `alias` at `version` (checked to exist). Use `promote` for `champion`, which keeps history."""
+    resolve_version(state, model_name, version)
+    configure(state).set_registered_model_alias(model_name, alias, str(version))
+
+
+def previous_champions(state: StateDir, model_name: str) -> list[str]:
+    """Former champions, oldest first, as recorded by `promote`."""
+    tags = configure(state).get_registered_model(model_name).tags
+    return [v for v in tags.get(PREVIOUS_CHAMPIONS_TAG, "").split(",") if v]
+
+
+def promote(state: StateDir, model_name: str, version: str) -> str | None:
+    """Make `version` the champion; returns the champion it replaced (None when there was none).
+
+    The replaced champion is pushed onto the rollback stack. A challenger alias on the promoted version
+    is removed: it is no longer waiting for anything.
+    """
+    client = configure(state)
+    version = resolve_version(state, model_name, version)
+    current = alias_version(state, model_name, CHAMPION)
+    previous = str(current.version) if current is not None else None
+    if previous == version:
+        return previous
+    if previous is not None:
+        stack = [*previous_champions(state, model_name), previous]
+        client.set_registered_model_tag(model_name, PREVIOUS_CHAMPIONS_TAG, ",".join(stack))
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    challenger = alias_version(state, model_name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+    return previous
+
+
+def rollback(state: StateDir, model_name: str) -> str:
+    """Make the most recent former champion the champion again; returns its version.
+
+    Raises:
+        MissingStateError: there is no former champion to go back to.
+    """
+    if alias_version(state, model_name, CHAMPION) is None:
+        raise MissingStateError(f"{model_name} has no champion: nothing to roll back")
+    stack = previous_champions(state, model_name)
+    if not stack:
+        raise MissingStateError(f"{model_name} has no previous champion to roll back to")
+    client = configure(state)
+    restored = stack.pop()
+    client.set_registered_model_alias(model_name, CHAMPION, restored)
+    client.set_registered_model_tag(model_name, PREVIOUS_CHAMPIONS_TAG, ",".join(stack))
+    return restored
 
 
 def champion_version(state: StateDir, model_name: str) -> Any | None:
     """The registry entry behind `champion`, or None when there is none yet."""
-    import mlflow
-
-    if not (state.mlflow / "mlflow.db").exists():
-        return None
-    client = configure(state)
-    try:
-        return client.get_model_version_by_alias(model_name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        return None
+    return alias_version(state, model_name, CHAMPION)
 
 
 def load_champion(state: StateDir, model_name: str) -> tuple[Path, str]:
     """Resolve `champion` to (local artefact directory, registered version); call once per process."""
+    if champion_version(state, model_name) is None:
+        raise MissingStateError(f"no champion for {model_name!r} in {state.mlflow}: run `recsys train` first")
+    return load_model(state, model_name, CHAMPION)
+
+
+def load_model(state: StateDir, model_name: str, ref: str) -> tuple[Path, str]:
+    """Resolve `ref` (alias or version) to (local artefact directory, registered version)."""
     import mlflow
 
-    entry = champion_version(state, model_name)
-    if entry is None:
-        raise MissingStateError(f"no champion for {model_name!r} in {state.mlflow}: run `recsys train` first")
+    entry = model_version(state, model_name, ref)
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{model_name}/{entry.version}", tracking_uri=state.mlflow_tracking_uri
     )
@@ -184,3 +284,24 @@ def log_metrics_to_run(state: StateDir, run_id: str, metrics: Mapping[str, float
     client = configure(state)
     for key, value in metrics.items():
         client.log_metric(run_id, key, float(value))
+
+
+def resolve_system(state: StateDir, ref: str) -> tuple[str, str]:
+    """(two-tower version, ranker version) of the two-stage system that `ref` names.
+
+    An alias names both models' holders of that alias. A version number names a ranker version, paired
+    with the two-tower version it was trained on (its run's `two_tower_version` parameter), because the
+    ranker learnt from that retriever's candidates.
+    """
+    ref = str(ref).strip()
+    if not ref.isdigit():
+        return resolve_version(state, TWO_TOWER_MODEL, ref), resolve_version(state, RANKER_MODEL, ref)
+    ranker = model_version(state, RANKER_MODEL, ref)
+    run_id = ranker.tags.get("run_id")
+    params = configure(state).get_run(run_id).data.params if run_id else {}
+    tower = params.get("two_tower_version")
+    if tower is None:
+        raise MissingStateError(
+            f"{RANKER_MODEL} v{ref} does not record the two-tower version it was trained on"
+        )
+    return resolve_version(state, TWO_TOWER_MODEL, tower), str(ranker.version)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.vocab import GENRES
+from training.calibration import CALIBRATION_FILE, CalibrationError, PlattCalibrator
 from training.index import ItemIndex
 from training.ranker_features import RANKER_FEATURE_NAMES, RANKER_FEATURE_SERVICE, build_ranker_matrix
 from training.two_tower import TwoTowerModelConfig, item_dense_features, user_dense_features
@@ -191,7 +192,12 @@ class RetrievalModel:
 
 
 class RankingModel:
-    """The LightGBM ranker over retrieval candidates."""
+    """The LightGBM ranker over retrieval candidates: raw scores to order them, calibrated probabilities
+    (`probabilities`) wherever a score is read as a number (the gate's PSI, reliability, blending).
+
+    Artefacts written before rankers were calibrated (no calibration.json) still load and still rank;
+    asking them for probabilities raises ArtifactError, since a raw lambdarank score is no probability.
+    """
 
     feature_service = RANKER_FEATURE_SERVICE
 
@@ -209,27 +215,57 @@ class RankingModel:
         if not model_file.exists():
             raise ArtifactError(f"artefact file missing: {model_file}")
         self._booster = lgb.Booster(model_file=str(model_file))
+        calibration_file = self.artifact_dir / CALIBRATION_FILE
+        self.calibrator: PlattCalibrator | None = None
+        if calibration_file.exists():
+            try:
+                self.calibrator = PlattCalibrator.load(calibration_file)
+            except CalibrationError as err:
+                raise ArtifactError(f"ranker calibration unreadable: {err}") from None
 
     @classmethod
     def load(cls, artifact_dir: Path, version: str) -> RankingModel:
         return cls(artifact_dir, version)
 
+    @property
+    def calibrated(self) -> bool:
+        return self.calibrator is not None
+
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Scores for rows already built by build_ranker_matrix (batch evaluation)."""
+        """Raw scores for rows already built by build_ranker_matrix (batch evaluation)."""
         if len(matrix) == 0:
             return np.zeros(0, dtype=np.float64)
         return np.asarray(self._booster.predict(matrix, num_threads=1), dtype=np.float64)
 
+    def probabilities(self, raw_scores: np.ndarray) -> np.ndarray:
+        """P(engaged) of candidates from their raw scores (same order, monotone in the score).
+
+        Raises:
+            ArtifactError: the artefacts hold no calibration (trained before rankers were calibrated).
+        """
+        if self.calibrator is None:
+            raise ArtifactError(
+                f"ranker v{self.version} has no {CALIBRATION_FILE} (trained before rankers were calibrated): "
+                "retrain it with `recsys train` to get calibrated probabilities"
+            )
+        return self.calibrator.probabilities(raw_scores)
+
+    def predict_matrix_with_probabilities(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(raw scores, calibrated probabilities) for rows built by build_ranker_matrix."""
+        raw = self.predict_matrix(matrix)
+        return raw, self.probabilities(raw)
+
     def score(
         self, user_features: Mapping[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
     ) -> np.ndarray:
-        """(n_candidates,) ranking scores, higher is better, in the order of `item_features` rows."""
+        """(n_candidates,) raw ranking scores, higher is better, in the order of `item_features` rows."""
         return self.predict_matrix(build_ranker_matrix(user_features, item_features, retrieval_scores))
 
 
-def write_ranker_artifacts(directory: Path, booster: Any) -> None:
-    """Write the LightGBM model (at its best iteration) and the feature names it expects."""
+def write_ranker_artifacts(directory: Path, booster: Any, calibrator: PlattCalibrator) -> None:
+    """Write the LightGBM model (at its best iteration), its calibration and the feature names it expects."""
     directory.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(directory / RANKER_MODEL_FILE), num_iteration=booster.best_iteration or None)
+    calibrator.save(directory / CALIBRATION_FILE)
     names = {"feature_service": RANKER_FEATURE_SERVICE, "features": list(RANKER_FEATURE_NAMES)}
     (directory / "feature_names.json").write_text(json.dumps(names))

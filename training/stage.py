@@ -6,8 +6,12 @@ with a validation positive, the retriever's top `ranker.n_candidates` items (exc
 train) at the start of the user's validation window, with `ranker_v1` features as of that time, labelled
 by the user's validation positives. The test window is never read here.
 
-Idempotent by skipping: when both champions were trained from this dataset version with this
-configuration (a fingerprint tag), the stage returns them and trains nothing.
+Idempotent by skipping: when both models under the target alias were trained from this dataset version
+with this configuration (a fingerprint tag), the stage returns them and trains nothing.
+
+Aliases: by default the new versions become the champions. With `alias="challenger"` they are
+registered as challengers while champions exist (the gate decides whether they are promoted), and as
+champions when there are none yet, so a first run always leaves something to serve.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from recsys.state import StateDir
 from recsys.vocab import GENRES
 
 FINGERPRINT_TAG = "train_fingerprint"
-CODE_REVISION = 2  # bump when a change to training should invalidate existing champions
+CODE_REVISION = 3  # bump when a change to training should invalidate existing champions
 console = Console(stderr=True)
 
 
@@ -45,6 +49,7 @@ class TrainSummary:
     fingerprint: str
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    alias: str = "champion"
 
 
 def training_fingerprint(config: PipelineConfig, dataset_version: str) -> str:
@@ -60,10 +65,23 @@ def training_fingerprint(config: PipelineConfig, dataset_version: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _existing(state: StateDir, fingerprint: str, version: str, started: float) -> TrainSummary | None:
-    from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, champion_version, configure
+def target_alias(state: StateDir, alias: str | None) -> str:
+    """The alias new versions get: `alias`, except that the first models of a registry are champions."""
+    from training.registry import CHAMPION, RANKER_MODEL, TWO_TOWER_MODEL, champion_version
 
-    tower, ranker = champion_version(state, TWO_TOWER_MODEL), champion_version(state, RANKER_MODEL)
+    if alias is None or alias == CHAMPION:
+        return CHAMPION
+    if champion_version(state, TWO_TOWER_MODEL) is None or champion_version(state, RANKER_MODEL) is None:
+        return CHAMPION
+    return alias
+
+
+def _existing(
+    state: StateDir, fingerprint: str, version: str, started: float, alias: str
+) -> TrainSummary | None:
+    from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, alias_version, configure
+
+    tower, ranker = alias_version(state, TWO_TOWER_MODEL, alias), alias_version(state, RANKER_MODEL, alias)
     if tower is None or ranker is None:
         return None
     if tower.tags.get(FINGERPRINT_TAG) != fingerprint or ranker.tags.get(FINGERPRINT_TAG) != fingerprint:
@@ -84,6 +102,7 @@ def _existing(state: StateDir, fingerprint: str, version: str, started: float) -
         fingerprint=fingerprint,
         seconds=time.perf_counter() - started,
         metrics=metrics,
+        alias=alias,
     )
 
 
@@ -101,8 +120,10 @@ def _with_ts(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def run_train(config: PipelineConfig, dataset_version: str | None = None) -> TrainSummary:
-    """Train, index, rank, log and register; see the module docstring for the protocol."""
+def run_train(
+    config: PipelineConfig, dataset_version: str | None = None, alias: str | None = None
+) -> TrainSummary:
+    """Train, index, rank, log and register; see the module docstring for the protocol and `alias`."""
     import torch
 
     from evaluation.split import load_split
@@ -127,13 +148,14 @@ def run_train(config: PipelineConfig, dataset_version: str | None = None) -> Tra
     state = StateDir(config.state_dir)
     version = state.resolve_version(dataset_version)
     fingerprint = training_fingerprint(config, version)
-    found = _existing(state, fingerprint, version, started)
+    alias = target_alias(state, alias)
+    found = _existing(state, fingerprint, version, started, alias)
     if found is not None:
-        console.print(f"champions already trained from {version} with this config ({fingerprint}): skipping")
+        console.print(f"{alias}s already trained from {version} with this config ({fingerprint}): skipping")
         return found
 
     with console.status("loading split, dataset and feature store") as status:
-        split = load_split(state, version)
+        split = load_split(state, version, config.split.method)
         dataset = load_dataset(state, version)
         store = build_store(state, config.features)
         grid = snapshot_grid(dataset.events, config.features.snapshot_every_days)
@@ -219,7 +241,7 @@ def run_train(config: PipelineConfig, dataset_version: str | None = None) -> Tra
             status.update(f"ranker: ranker_v1 features for {len(candidates)} candidates, LightGBM lambdarank")
             features, sizes, _ = ranker_inputs(store, historical_features, candidates)
             ranked = train_ranker(features, labels, sizes, config.ranker)
-            write_ranker_artifacts(ranker_dir, ranked.booster)
+            write_ranker_artifacts(ranker_dir, ranked.booster, ranked.calibrator)
             console.print(f"ranker trained: {_fmt(ranked.metrics)}")
 
             status.update("MLflow: logging and registering both models")
@@ -241,6 +263,7 @@ def run_train(config: PipelineConfig, dataset_version: str | None = None) -> Tra
                 },
                 metrics=tower_metrics,
                 tags={**base_tags, "feature_service": TWO_TOWER_FEATURE_SERVICE},
+                alias=alias,
             )
             ranker_run, ranker_version = log_and_register(
                 state,
@@ -250,6 +273,7 @@ def run_train(config: PipelineConfig, dataset_version: str | None = None) -> Tra
                 params={**config.ranker.model_dump(mode="json"), "two_tower_version": tower_version},
                 metrics=ranked.metrics,
                 tags={**base_tags, "feature_service": RANKER_FEATURE_SERVICE},
+                alias=alias,
             )
     shutil.rmtree(state.ray, ignore_errors=True)
     return TrainSummary(
@@ -262,6 +286,7 @@ def run_train(config: PipelineConfig, dataset_version: str | None = None) -> Tra
         fingerprint=fingerprint,
         seconds=time.perf_counter() - started,
         metrics={**tower_metrics, **ranked.metrics},
+        alias=alias,
     )
 
 
