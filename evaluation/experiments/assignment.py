@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evaluation.experiments.ab_tests import ExperimentError
+from evaluation.experiments.canary import Stage, Thresholds
 
 # Shares are compared with a tolerance because YAML/JSON round-trips of decimal fractions are inexact.
 _SHARE_TOLERANCE = 1e-9
@@ -43,6 +44,24 @@ class Variant(BaseModel):
         super().__init__(name=name, model=model, traffic=traffic, **data)
 
 
+class Rollout(BaseModel):
+    """A canary rollout's plan, fixed when it starts, and where it stands (serving ignores it).
+
+    Stored with the experiment it drives, so the thresholds a rollout is judged by are on record next
+    to the traffic shares they moved.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    canary: str = Field(min_length=1)  # the variant that receives the canary's share
+    thresholds: Thresholds
+    stages: tuple[Stage, ...]
+    stage: int = Field(default=0, ge=0)
+    status: str = "running"
+    started_at: float = 0.0  # seconds on the rollout's clock (wall or simulated)
+    updated_at: float = 0.0
+
+
 class Experiment(BaseModel):
     """Variants whose traffic shares sum to 1; `salt` defaults to the name, so buckets are per experiment."""
 
@@ -51,6 +70,7 @@ class Experiment(BaseModel):
     name: str = Field(min_length=1)
     variants: tuple[Variant, ...]
     salt: str = ""
+    rollout: Rollout | None = None
 
     def __init__(self, name: str, variants: Sequence[Variant], salt: str = "", **data: Any) -> None:
         super().__init__(name=name, variants=tuple(variants), salt=salt, **data)
@@ -73,7 +93,7 @@ class Experiment(BaseModel):
         if unknown:
             raise ExperimentError(f"experiment {self.name!r} has no variant {sorted(unknown)}")
         variants = [Variant(v.name, v.model, shares.get(v.name, v.traffic)) for v in self.variants]
-        return Experiment(self.name, variants, self.salt)
+        return Experiment(self.name, variants, self.salt, rollout=self.rollout)
 
 
 def bucket(user_id: str, salt: str) -> float:

@@ -36,12 +36,14 @@ DEFAULT_STAGES: tuple[Stage, ...] = (
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Rollback triggers: CTR relative drop vs control, p99 latency, error rate; CTR needs enough data."""
+    """Rollback triggers: CTR relative drop vs control, p99 latency, error rate; CTR and errors need data."""
 
     max_ctr_relative_drop: float = 0.02
     max_p99_ms: float = 180.0
     max_error_rate: float = 0.001
     min_impressions: int = 1000
+    # One error in a few hundred requests already reads as > 0.1%: judge errors on enough requests.
+    min_requests: int = 2000
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Observation:
     impressions_control: int
     p99_ms: float
     error_rate: float
+    requests_canary: int | None = None  # None: unknown, the error rate is judged whatever the volume
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,10 @@ def triggers(observation: Observation, thresholds: Thresholds) -> list[str]:
         )
     if observation.p99_ms > thresholds.max_p99_ms:
         reasons.append(f"p99 {observation.p99_ms:g} ms above {thresholds.max_p99_ms:g} ms")
-    if observation.error_rate > thresholds.max_error_rate:
+    enough_requests = (
+        observation.requests_canary is None or observation.requests_canary >= thresholds.min_requests
+    )
+    if enough_requests and observation.error_rate > thresholds.max_error_rate:
         reasons.append(f"error rate {observation.error_rate:.4%} above {thresholds.max_error_rate:.4%}")
     return reasons
 
