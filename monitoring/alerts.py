@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
+RUNBOOK_DOC = "docs/monitoring.md"
 
 Severity = Literal["notify", "page"]
 Comparison = Literal[">", ">=", "<", "<=", "drop_pct", "rise_pct"]
@@ -53,6 +54,8 @@ class AlertRule(BaseModel):
     window: str | None = None
     subject: str | None = None
     baseline_at_least: float | None = None
+    # The runbook section (docs/monitoring.md#<anchor>) with the full procedure behind the first step.
+    anchor: str | None = Field(default=None, pattern=r"^[a-z0-9-]+$")
 
     @field_validator("window")
     @classmethod
@@ -158,6 +161,11 @@ class Alert:
     condition: str
     since: datetime | None
     runbook: str
+    anchor: str | None = None
+
+    @property
+    def runbook_link(self) -> str | None:
+        return f"{RUNBOOK_DOC}#{self.anchor}" if self.anchor else None
 
 
 def _relative_change(value: float, baseline: float) -> float:
@@ -231,6 +239,7 @@ def evaluate_rules(
                     condition=rule.describe(),
                     since=obs.since,
                     runbook=rule.runbook,
+                    anchor=rule.anchor,
                 )
             )
     return sorted(alerts, key=lambda a: (a.severity != "page", a.rule, a.subject or ""))
@@ -249,9 +258,10 @@ def format_alert(alert: Alert) -> str:
         moved += f" ({alert.value - alert.baseline:+.4g}"
         moved += f", {_relative_change(alert.value, alert.baseline):+.1%})" if alert.baseline else ")"
     since = f" since {alert.since.isoformat(timespec='minutes')}" if alert.since else ""
+    link = f" | runbook {alert.runbook_link}" if alert.runbook_link else ""
     return (
         f"{alert.severity.upper():<7} {what} {moved}{since} | rule {alert.rule}: {alert.condition}"
-        f" | {alert.runbook}"
+        f"{link} | {alert.runbook}"
     )
 
 

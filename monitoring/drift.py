@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +143,19 @@ def nearest_snapshot(features: pd.DataFrame, moment: pd.Timestamp) -> pd.DataFra
     return features[pd.to_datetime(features["feature_ts"], utc=True) == chosen]
 
 
+@contextmanager
+def quiet_statistics() -> Iterator[None]:
+    """Silence numpy/scipy arithmetic warnings raised inside Evidently's statistics.
+
+    They are expected, not faults: a category present on one side only makes a chi-square term divide by
+    zero (an infinite statistic, which Evidently reads as drift), and a constant column has no
+    correlation. Printed, they buried the alerts an on-call engineer reads. Other warnings still show.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def compare(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -204,7 +220,10 @@ def run_drift(config: PipelineConfig, dataset_version: str | None = None) -> Dri
     reference, current = window_frames(events, windows)
     out = state.drift(version)
     out.mkdir(parents=True, exist_ok=True)
-    with console.status(f"Evidently: {len(reference):,} reference vs {len(current):,} current events"):
+    with (
+        console.status(f"Evidently: {len(reference):,} reference vs {len(current):,} current events"),
+        quiet_statistics(),
+    ):
         columns, snapshot = compare(
             reference, current, list(EVENT_CATEGORICAL), list(EVENT_NUMERICAL), cfg.drift_share_threshold
         )
@@ -223,7 +242,7 @@ def run_drift(config: PipelineConfig, dataset_version: str | None = None) -> Dri
             "compared": False,
         }
         if ref_ts != cur_ts and numeric:
-            with console.status("Evidently: user features"):
+            with console.status("Evidently: user features"), quiet_statistics():
                 user_columns, user_snapshot = compare(
                     ref_users[numeric].astype("float64").reset_index(drop=True),
                     cur_users[numeric].astype("float64").reset_index(drop=True),

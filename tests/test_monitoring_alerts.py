@@ -251,11 +251,12 @@ def test_format_alerts_one_actionable_line_each() -> None:
     assert len(lines) == 2
     assert lines[0].startswith(
         "PAGE    fill_rate[user_genre_affinity] 1 -> 0.55 (-0.45, -45.0%) since 2026-11-27T10:00+00:00"
-        " | rule feature-fill-collapse: <= 0.6 from >= 0.99 | A feature that was almost always present"
+        " | rule feature-fill-collapse: <= 0.6 from >= 0.99 | runbook docs/monitoring.md#fill-rate-collapse"
+        " | A feature that was almost always present"
     )
     assert lines[1].startswith(
         "NOTIFY  feature_psi[hour_of_day] 0.31 since 2026-11-27T10:00+00:00"
-        " | rule feature-psi-shift: > 0.2 | "
+        " | rule feature-psi-shift: > 0.2 | runbook docs/monitoring.md#feature-drift | "
     )
     assert format_alerts([]) == "OK      no alert fired"
     plain = Alert("r", "notify", "m", None, 2.0, 0.0, "> 1", None, "look")
