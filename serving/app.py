@@ -1,20 +1,23 @@
-"""The Ray Serve application: an HTTP ingress composing a retrieval and a ranking deployment.
+"""The Ray Serve application: an HTTP ingress composing retrieval and a batched ranking deployment.
 
-    HTTP -> Ingress (FastAPI; no repeats of recently shown items, blocklist)
-              -> Retrieval (two-tower + FAISS, user features from Feast)
-              -> Ranking (LightGBM, candidate features in one batched Feast read, then re-ranking:
-                          MMR over the two-tower item embeddings, genre caps, freshness, pins)
+    HTTP -> Ingress (FastAPI; cache, sessions, events, experiments, no repeats, exploration, metrics)
+              -> Retrieval (two-tower + FAISS, user features from Feast; in the ingress process when
+                            serve.graph is "fused", its own deployment when "split")
+              -> Ranking (@serve.batch: candidate features of the whole batch in one Feast read,
+                          LightGBM, then re-ranking: MMR, genre caps, freshness, session match, pins)
 
 Each replica resolves the `champion` aliases and loads its artefacts and Feast store once, in
-`__init__`; a request only reads online features and runs the models.
+`__init__`; a request only reads online features and runs the models. `POST /admin/reload` re-resolves
+the aliases, loads and warms the new versions, and switches atomically.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,16 +30,24 @@ from rich.console import Console
 
 from recsys.config import REPO_ROOT, PipelineConfig, ServeConfig, load_config
 from recsys.state import MissingStateError, StateDir
+from serving.admin import admin_actions
 from serving.api import create_api
-from serving.recommender import Recommender
+from serving.cache import PredictionCache
+from serving.champion_watch import ChampionPoller
+from serving.events import EventLog
+from serving.experiments import CHAMPION, ExperimentWatcher
+from serving.recommender import IngressState, LocalRetrieval, Recommender
 from serving.reranking import ItemVectors
 from serving.roles import FeatureReader
 from serving.schemas import request_model
+from serving.session import SessionStore
+from serving.shadow import ShadowLog, ShadowScorer
 from serving.stages import RETRIEVAL_FEATURE_SERVICE, Candidates, RankingStage, RetrievalStage
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "recsys"
+SHADOW_FOLDER = "shadow"
 RETRIEVAL_MODEL = "recsys-two-tower"
 RANKING_MODEL = "recsys-ranker"
 # Thread pools sized for a shared machine: small batches gain nothing from more threads.
@@ -44,10 +55,16 @@ _SINGLE_THREAD = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 
 
 def _reader(config: PipelineConfig) -> FeatureReader:
+    from recsys.features.online_read import OnlineReader
     from recsys.features.store import build_store, online_features
 
     store = build_store(StateDir(config.state_dir), config.features)
-    return partial(online_features, store)
+    settings = config.serve
+    if not settings.fast_feature_reads:
+        return partial(online_features, store)
+    return OnlineReader(
+        store, cache_ttl_s=settings.item_cache_ttl_s, cache_max_entries=settings.item_cache_max_entries
+    )
 
 
 def load_retrieval_stage(config: PipelineConfig) -> RetrievalStage:
@@ -58,7 +75,7 @@ def load_retrieval_stage(config: PipelineConfig) -> RetrievalStage:
     artifact_dir, version = load_champion(StateDir(config.state_dir), RETRIEVAL_MODEL)
     model = RetrievalModel.load(artifact_dir, version)
     service = str(getattr(model, "feature_service", RETRIEVAL_FEATURE_SERVICE))
-    stage = RetrievalStage(model, _reader(config), service)
+    stage = RetrievalStage(model, _reader(config), service, config.serve.session_weight)
     stage.warm_up()
     return stage
 
@@ -80,17 +97,38 @@ def load_item_vectors(config: PipelineConfig) -> ItemVectors:
     return ItemVectors([str(i) for i in catalog], np.load(Path(artifact_dir) / "item_embeddings.npy"))
 
 
-def load_ranking_stage(config: PipelineConfig) -> RankingStage:
-    """The champion ranker with an online feature reader and re-ranking, warmed up."""
-    from training.registry import load_champion
+def load_ranking_stage(config: PipelineConfig, ref: str = CHAMPION) -> RankingStage:
+    """The ranker `ref` names (alias or version) with an online feature reader and re-ranking, warmed up."""
+    from training.registry import load_model
     from training.runtime import RankingModel
 
-    artifact_dir, version = load_champion(StateDir(config.state_dir), RANKING_MODEL)
+    artifact_dir, version = load_model(StateDir(config.state_dir), RANKING_MODEL, ref)
     rerank = config.serve.rerank
     vectors = load_item_vectors(config) if rerank.enabled and rerank.mmr_lambda < 1.0 else None
-    stage = RankingStage(RankingModel.load(artifact_dir, version), _reader(config), rerank, vectors)
+    model = RankingModel.load(artifact_dir, version)
+    stage = RankingStage(model, _reader(config), rerank, vectors, config.serve.session_boost)
     stage.warm_up()
     return stage
+
+
+def load_shadow_scorer(config: PipelineConfig) -> ShadowScorer:
+    """The configured shadow ranker (`serve.shadow_ranker`), logging to `<state>/shadow/`."""
+    if config.serve.shadow_ranker is None:
+        raise MissingStateError("serve.shadow_ranker is not set")
+    stage = load_ranking_stage(config, config.serve.shadow_ranker)
+    return ShadowScorer(stage, ShadowLog(StateDir(config.state_dir).root / SHADOW_FOLDER))
+
+
+def registered_champions(config: PipelineConfig) -> dict[str, str | None]:
+    """The versions the `champion` aliases name now, per stage (None where there is no champion)."""
+    from training.registry import champion_version
+
+    state = StateDir(config.state_dir)
+    found: dict[str, str | None] = {}
+    for stage, name in (("retrieval", RETRIEVAL_MODEL), ("ranking", RANKING_MODEL)):
+        entry = champion_version(state, name)
+        found[stage] = str(entry.version) if entry is not None else None
+    return found
 
 
 def check_champions(config: PipelineConfig) -> None:
@@ -108,29 +146,119 @@ class Retrieval:
     """Candidate generation; `load` builds the stage (the champion by default, small models in tests)."""
 
     def __init__(self, load: Callable[[], RetrievalStage]) -> None:
+        self._load = load
         self._stage = load()
+        self._previous: RetrievalStage | None = None
 
-    def candidates(self, user_id: str, n: int, k: int) -> Candidates:
-        return self._stage.candidates(user_id, n, k)
+    def candidates(
+        self, user_id: str, n: int, k: int, session_item_ids: Sequence[str] = (), debug: bool = False
+    ) -> Candidates:
+        return self._stage.candidates(user_id, n, k, session_item_ids, debug)
 
     def popular(self, n: int) -> Candidates:
         return self._stage.popular(n)
 
+    def similar(self, item_id: str, k: int) -> Candidates:
+        return self._stage.similar(item_id, k)
+
     def version(self) -> str:
         return self._stage.version
+
+    def ready(self) -> str:
+        return self._stage.ready()
+
+    def reload(self) -> str:
+        """Load what the alias names now, warm it, then switch; the old stage stays for a switch back."""
+        fresh = self._load()
+        if fresh.version != self._stage.version:
+            self._previous, self._stage = self._stage, fresh
+        return self._stage.version
+
+
+def _in_replica() -> bool:
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5, "runtime_env": _SINGLE_THREAD})
 class Ranking:
-    """Candidate scoring; `load` builds the stage."""
+    """Candidate scoring with dynamic batching: concurrent requests share one feature read.
 
-    def __init__(self, load: Callable[[], RankingStage]) -> None:
+    `load` builds the champion's stage; `load_variant(ref)` a registered version or alias for experiments;
+    `load_shadow` the shadow scorer that re-scores the champion's requests off the response path.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], RankingStage],
+        settings: ServeConfig,
+        load_variant: Callable[[str], RankingStage] | None = None,
+        load_shadow: Callable[[], ShadowScorer] | None = None,
+    ) -> None:
+        self._load = load
+        self._load_variant = load_variant
         self._stage = load()
+        self._shadow = load_shadow() if load_shadow is not None else None
+        self._previous: RankingStage | None = None
+        self._variants: dict[str, RankingStage] = {}
+        # The decorator's sizes are placeholders; the configured ones apply from here on.
+        batcher: Any = self._rank_batch
+        batcher.set_max_batch_size(settings.ranking_max_batch_size)
+        batcher.set_batch_wait_timeout_s(settings.ranking_batch_wait_timeout_s)
 
-    def rank(self, user_id: str, candidates: Candidates) -> Candidates:
-        return self._stage.rank(user_id, candidates)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def _rank_batch(
+        self, requests: list[tuple[str, Candidates, str | None]]
+    ) -> list[Candidates | Exception]:
+        out: list[Candidates | Exception] = [ValueError("not ranked")] * len(requests)
+        groups: dict[str | None, list[int]] = {}
+        for j, (_, _, model) in enumerate(requests):
+            groups.setdefault(model if model in self._variants else None, []).append(j)
+        for model, rows in groups.items():
+            stage = self._variants[model] if model is not None else self._stage
+            try:
+                ranked = stage.rank_many([(requests[j][0], requests[j][1]) for j in rows])
+            except Exception as err:
+                ranked = [err] * len(rows)
+            for j, result in zip(rows, ranked, strict=True):
+                out[j] = result
+        if self._shadow is not None:  # after the champion's answers, in a worker thread
+            champion = groups.get(None, [])
+            self._shadow.submit(
+                [(requests[j][0], requests[j][1], r) for j in champion if isinstance(r := out[j], Candidates)]
+            )
+        return out
+
+    async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates:
+        request = (user_id, candidates, model)
+        if _in_replica():
+            result = await self._rank_batch(request)
+        else:  # Serve's local testing mode has no replica context, which @serve.batch needs
+            result = (await self._rank_batch.__wrapped__(self, [request]))[0]  # type: ignore[attr-defined]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def version(self) -> str:
+        return self._stage.version
+
+    def load(self, ref: str) -> str:
+        """Load (or re-load, when its alias moved) the ranker `ref` names; returns its version."""
+        if self._load_variant is None:
+            raise MissingStateError("this deployment cannot load model variants")
+        stage = self._load_variant(ref)
+        self._variants[ref] = stage
+        return stage.version
+
+    def reload(self) -> str:
+        fresh = self._load()
+        if fresh.version != self._stage.version:
+            self._previous, self._stage = self._stage, fresh
         return self._stage.version
 
 
@@ -140,16 +268,43 @@ class _RetrievalHandle:
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
         self._handle = handle
 
-    async def candidates(self, user_id: str, n: int, k: int) -> Candidates:
-        result: Candidates = await self._handle.candidates.remote(user_id, n, k)
+    async def candidates(
+        self, user_id: str, n: int, k: int, session_item_ids: Sequence[str] = (), debug: bool = False
+    ) -> Candidates:
+        result: Candidates = await self._handle.candidates.remote(user_id, n, k, session_item_ids, debug)
         return result
 
     async def popular(self, n: int) -> Candidates:
         result: Candidates = await self._handle.popular.remote(n)
         return result
 
+    async def similar(self, item_id: str, k: int) -> Candidates:
+        result: Candidates = await self._handle.similar.remote(item_id, k)
+        return result
+
     async def version(self) -> str:
         return str(await self._handle.version.remote())
+
+    async def ready(self) -> str:
+        return str(await self._handle.ready.remote())
+
+    async def reload(self) -> str:
+        return str(await self._handle.reload.remote())
+
+
+class _FusedRetrieval(LocalRetrieval):
+    """Retrieval inside the ingress process: no handle hop; `reload` swaps the stage in place."""
+
+    def __init__(self, load: Callable[[], RetrievalStage]) -> None:
+        super().__init__(load())
+        self._load = load
+        self._previous: RetrievalStage | None = None
+
+    async def reload(self) -> str:
+        fresh = await asyncio.to_thread(self._load)
+        if fresh.version != self._stage.version:
+            self._previous, self._stage = self._stage, fresh
+        return self._stage.version
 
 
 class _RankingHandle:
@@ -158,44 +313,110 @@ class _RankingHandle:
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
         self._handle = handle
 
-    async def rank(self, user_id: str, candidates: Candidates) -> Candidates:
-        result: Candidates = await self._handle.rank.remote(user_id, candidates)
+    async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates:
+        result: Candidates = await self._handle.rank.remote(user_id, candidates, model)
         return result
 
     async def version(self) -> str:
         return str(await self._handle.version.remote())
 
+    async def load(self, ref: str) -> str:
+        return str(await self._handle.load.remote(ref))
+
+    async def reload(self) -> str:
+        return str(await self._handle.reload.remote())
+
+
+def ingress_state(settings: ServeConfig, state_dir: Path | None) -> IngressState:
+    """Cache, sessions, event log and experiments of one ingress replica, as configured."""
+    state = StateDir(state_dir) if state_dir is not None else None
+    return IngressState(
+        cache=PredictionCache(settings.cache_ttl_s, settings.cache_max_entries)
+        if settings.cache_ttl_s > 0
+        else None,
+        sessions=SessionStore(settings.session_items, settings.session_ttl_s),
+        event_log=EventLog(state.events) if state is not None else None,
+        experiments=(
+            ExperimentWatcher(state.experiments_file, settings.experiments_check_s)
+            if state is not None
+            else None
+        ),
+        exploration=settings.exploration,
+        max_events_per_batch=settings.max_events_per_batch,
+    )
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 @serve.ingress()
 class Ingress:
-    """The HTTP entry point: validates requests and composes retrieval and ranking through handles."""
+    """The HTTP entry point: validates requests and composes retrieval and ranking.
+
+    Retrieval is a deployment handle (graph "split") or a stage loader run in this process ("fused").
+    """
 
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
-        retrieval: DeploymentHandle[Any],
+        retrieval: DeploymentHandle[Any] | Callable[[], RetrievalStage],
         ranking: DeploymentHandle[Any],
         settings: ServeConfig,
+        state_dir: Path | None = None,
+        champion_versions: Callable[[], dict[str, str | None]] | None = None,
     ) -> None:
-        self._max_k = settings.max_k
+        self._settings = settings
         self._request_type = request_model(settings.max_k)
+        retrieval_backend: _RetrievalHandle | _FusedRetrieval = (
+            _RetrievalHandle(retrieval)
+            if isinstance(retrieval, DeploymentHandle)
+            else _FusedRetrieval(retrieval)
+        )
+        self._retrieval = retrieval_backend
+        self._ranking = _RankingHandle(ranking)
         self._recommender = Recommender(
-            _RetrievalHandle(retrieval),
-            _RankingHandle(ranking),
+            retrieval_backend,
+            self._ranking,
             n_candidates=settings.n_candidates,
             max_k=settings.max_k,
             ranking_timeout_s=settings.ranking_timeout_s,
             rerank=settings.rerank,
+            state=ingress_state(settings, state_dir),
         )
         await self._recommender.warm_up()
+        watcher = self._recommender.state.experiments
+        if watcher is not None:
+            for ref in watcher.models():  # variants already running when this replica starts
+                try:
+                    await self._ranking.load(ref)
+                except Exception:
+                    logger.exception("could not load experiment model %r", ref)
+        # Follows the champion aliases (e.g. `recsys rollback`); the task is kept so it is not collected.
+        self._champion_task: asyncio.Task[None] | None = None
+        if champion_versions is not None and settings.champion_poll_s > 0:
+            poller = ChampionPoller(
+                champion_versions, self._serving_versions, self._reload, settings.champion_poll_s
+            )
+            self._champion_task = asyncio.get_running_loop().create_task(poller.run())
+
+    async def _serving_versions(self) -> dict[str, str | None]:
+        retrieval, ranking = await asyncio.gather(self._retrieval.version(), self._ranking.version())
+        return {"retrieval": retrieval, "ranking": ranking}
+
+    async def _reload(self) -> dict[str, str]:
+        retrieval, ranking = await asyncio.gather(self._retrieval.reload(), self._ranking.reload())
+        await self._recommender.warm_up()  # the popularity fallback of the new retrieval model
+        return {"retrieval": retrieval, "ranking": ranking}
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self._recommender, self._max_k)
+        watcher = self._recommender.state.experiments
+        actions = admin_actions(watcher, self._reload, self._ranking.load) if watcher is not None else None
+        return create_api(self._recommender, self._settings.max_k, self._settings.admin_token, actions)
 
     async def recommend(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The `POST /recommend` logic for handle callers (and local testing mode), as JSON-ready data."""
         request = self._request_type.model_validate(payload)
         return (await self._recommender.recommend(request)).model_dump(mode="json")
+
+    async def events(self, raw: bytes) -> dict[str, Any]:
+        return (await self._recommender.events(raw)).model_dump(mode="json")
 
     async def healthz(self) -> dict[str, Any]:
         return (await self._recommender.health()).model_dump(mode="json")
@@ -205,12 +426,36 @@ def build_graph(
     retrieval_loader: Callable[[], RetrievalStage],
     ranking_loader: Callable[[], RankingStage],
     settings: ServeConfig,
+    state_dir: Path | None = None,
+    ranking_variant_loader: Callable[[str], RankingStage] | None = None,
+    champion_versions: Callable[[], dict[str, str | None]] | None = None,
+    shadow_loader: Callable[[], ShadowScorer] | None = None,
 ) -> serve.Application:
-    """The deployment graph over any stage loaders (tests pass small in-process models)."""
+    """The deployment graph over any stage loaders (tests pass small in-process models).
+
+    Args:
+        state_dir: Where the event log and the experiments file are; None keeps neither.
+        ranking_variant_loader: Loads a ranker by registered version or alias, for experiments.
+        champion_versions: The versions the champion aliases name now; the ingress polls it every
+            `settings.champion_poll_s` and reloads when one moved. None: no polling.
+        shadow_loader: Builds the shadow scorer of the ranking replicas; None: no shadow scoring.
+    """
+    ranking = Ranking.options(  # type: ignore[attr-defined]
+        max_ongoing_requests=settings.ranking_max_ongoing_requests
+    ).bind(ranking_loader, settings, ranking_variant_loader, shadow_loader)
+    if settings.graph == "fused":
+        ingress = Ingress.options(  # type: ignore[attr-defined]
+            ray_actor_options={"num_cpus": 0.5, "runtime_env": _SINGLE_THREAD}
+        )
+        return ingress.bind(  # type: ignore[no-any-return]
+            retrieval_loader, ranking, settings, state_dir, champion_versions
+        )
     return Ingress.bind(  # type: ignore[attr-defined,no-any-return]
         Retrieval.bind(retrieval_loader),  # type: ignore[attr-defined]
-        Ranking.bind(ranking_loader),  # type: ignore[attr-defined]
+        ranking,
         settings,
+        state_dir,
+        champion_versions,
     )
 
 
@@ -220,6 +465,10 @@ def build_app(config: PipelineConfig) -> serve.Application:
         partial(load_retrieval_stage, config),
         partial(load_ranking_stage, config),
         config.serve,
+        config.state_dir,
+        partial(load_ranking_stage, config),
+        partial(registered_champions, config),
+        partial(load_shadow_scorer, config) if config.serve.shadow_ranker is not None else None,
     )
 
 
@@ -293,7 +542,8 @@ def run_serve(config: PipelineConfig, blocking: bool = True) -> ServeSummary:
         url = f"http://{config.serve.host}:{config.serve.port}"
         health = wait_healthy(url)
     summary = ServeSummary(url, round(time.perf_counter() - started, 2), dict(health["model_version"]))
-    console.print(f"[green]serving[/green] {url} (POST /recommend, GET /healthz), {summary.startup_s:.1f} s")
+    routes = "POST /recommend, POST /events, GET /healthz, /readyz, /metrics"
+    console.print(f"[green]serving[/green] {url} ({routes}), {summary.startup_s:.1f} s")
     if blocking:
         try:
             while True:

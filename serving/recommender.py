@@ -1,35 +1,57 @@
 """The ingress logic: compose retrieval and ranking into one answer, and degrade instead of failing.
 
-Fallback chain, in order: popularity for users the retrieval model does not know (`unknown_user`);
-retrieval order when ranking fails or is late (`ranking_failed`, `ranking_timeout`); the popularity list
-fetched at start-up when retrieval itself fails (`retrieval_failed`). A valid request always gets an
-answer unless retrieval fails before a single popularity list was fetched.
+Fallback chain, in order: popularity for users the retrieval model does not know and whose session says
+nothing (`unknown_user`); retrieval order when ranking fails or is late (`ranking_failed`,
+`ranking_timeout`); the popularity list fetched at start-up when retrieval itself fails
+(`retrieval_failed`). A valid request always gets an answer unless retrieval fails before a single
+popularity list was fetched.
 
 Re-ranking (`serving.reranking`) runs in the ranking deployment, where the candidates' features are;
-the ingress keeps what only it sees, the items each user was just shown, and removes those (and the
-blocklist) from every list before it is ranked or returned, on fallback paths too.
+the ingress keeps what only it sees: the items each user was just shown (removed, with the blocklist and
+the request's exclusions, from every list before it is ranked or returned, on fallback paths too), the
+user's session (`serving.session`), the prediction cache (`serving.cache`), experiment assignments
+(`serving.experiments`), exploration (`serving.exploration`) and the metrics (`serving.metrics`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from typing import Protocol
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
+import numpy as np
+
+from serving.cache import PredictionCache
+from serving.events import EventLog, events_frame, parse_events
+from serving.experiments import CHAMPION, Assignment, ExperimentWatcher, assign_all
+from serving.exploration import ExplorationConfig, explore
+from serving.metrics import ServingMetrics
 from serving.reranking import RecentlyShown, RerankConfig
 from serving.schemas import (
+    EventsResponse,
     HealthResponse,
     ModelVersion,
+    ReadyResponse,
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
+    RejectedEvent,
+    SimilarItemsResponse,
 )
+from serving.session import ENGAGED_EVENT_TYPES, SessionStore
 from serving.stages import Candidates, RankingStage, RetrievalStage
 
 logger = logging.getLogger(__name__)
 
 CONTROL = "control"
+# Served lists whose propensities are kept for the impressions that refer to them (by request_id).
+_PROPENSITY_REQUESTS = 50_000
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -39,7 +61,9 @@ class ServiceUnavailableError(RuntimeError):
 class RetrievalBackend(Protocol):
     """The retrieval stage as the ingress sees it: in-process in tests, a deployment handle under Serve."""
 
-    async def candidates(self, user_id: str, n: int, k: int) -> Candidates: ...
+    async def candidates(
+        self, user_id: str, n: int, k: int, session_item_ids: Sequence[str] = (), debug: bool = False
+    ) -> Candidates: ...
 
     async def popular(self, n: int) -> Candidates: ...
 
@@ -47,9 +71,9 @@ class RetrievalBackend(Protocol):
 
 
 class RankingBackend(Protocol):
-    """The ranking stage as the ingress sees it."""
+    """The ranking stage as the ingress sees it; `model` names a variant's ranker (None: the champion)."""
 
-    async def rank(self, user_id: str, candidates: Candidates) -> Candidates: ...
+    async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates: ...
 
     async def version(self) -> str: ...
 
@@ -60,8 +84,10 @@ class LocalRetrieval:
     def __init__(self, stage: RetrievalStage) -> None:
         self._stage = stage
 
-    async def candidates(self, user_id: str, n: int, k: int) -> Candidates:
-        return self._stage.candidates(user_id, n, k)
+    async def candidates(
+        self, user_id: str, n: int, k: int, session_item_ids: Sequence[str] = (), debug: bool = False
+    ) -> Candidates:
+        return self._stage.candidates(user_id, n, k, session_item_ids, debug)
 
     async def popular(self, n: int) -> Candidates:
         return self._stage.popular(n)
@@ -69,18 +95,40 @@ class LocalRetrieval:
     async def version(self) -> str:
         return self._stage.version
 
+    async def ready(self) -> str:
+        return self._stage.ready()
+
+    async def similar(self, item_id: str, k: int) -> Candidates:
+        return self._stage.similar(item_id, k)
+
 
 class LocalRanking:
-    """A `RankingBackend` that calls a stage in this process."""
+    """A `RankingBackend` that calls a stage in this process; `variants` are rankers by model ref."""
 
-    def __init__(self, stage: RankingStage) -> None:
+    def __init__(self, stage: RankingStage, variants: dict[str, RankingStage] | None = None) -> None:
         self._stage = stage
+        self._variants = variants or {}
 
-    async def rank(self, user_id: str, candidates: Candidates) -> Candidates:
-        return self._stage.rank(user_id, candidates)
+    async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates:
+        stage = self._variants.get(model, self._stage) if model not in (None, CHAMPION) else self._stage
+        return stage.rank(user_id, candidates)
 
     async def version(self) -> str:
         return self._stage.version
+
+
+@dataclass
+class IngressState:
+    """What the ingress remembers between requests; every part is optional (None switches it off)."""
+
+    cache: PredictionCache[RecommendResponse] | None = None
+    sessions: SessionStore | None = None
+    event_log: EventLog | None = None
+    experiments: ExperimentWatcher | None = None
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    max_events_per_batch: int = 1000
+    seed: int | None = None
 
 
 class Recommender:
@@ -93,6 +141,8 @@ class Recommender:
         max_k: The largest `k` a request may ask for; the start-up popularity list has this length.
         ranking_timeout_s: How long to wait for ranking before answering in retrieval order.
         rerank: Its blocklist and no-repeat window are applied here; None applies neither.
+        state: Cache, sessions, event log, experiments, exploration and metrics; the defaults keep
+            none of them but the metrics.
     """
 
     def __init__(
@@ -103,6 +153,7 @@ class Recommender:
         max_k: int,
         ranking_timeout_s: float = 1.0,
         rerank: RerankConfig | None = None,
+        state: IngressState | None = None,
     ) -> None:
         self._retrieval = retrieval
         self._ranking = ranking
@@ -116,6 +167,10 @@ class Recommender:
             if rerank is not None and rerank.enabled and rerank.no_repeat_responses > 0
             else None
         )
+        self.state = state or IngressState()
+        self.metrics = self.state.metrics
+        self._rng = np.random.default_rng(self.state.seed)
+        self._propensities: OrderedDict[str, dict[str, float]] = OrderedDict()
 
     async def warm_up(self) -> None:
         """Fetch the last-resort popularity list; a failure here is logged, not fatal."""
@@ -124,39 +179,144 @@ class Recommender:
         except Exception:
             logger.exception("could not fetch the popularity fallback list")
 
+    def assignment(self, user_id: str) -> Assignment:
+        experiments = self.state.experiments
+        return assign_all(user_id, experiments.current()) if experiments else Assignment({}, CHAMPION)
+
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         """The top `request.k` items for the user, with the versions and fallback that produced them."""
-        response = await self._recommend(request)
-        if self._recent is not None:
-            self._recent.record(request.user_id, [item.item_id for item in response.items])
+        started = time.perf_counter()
+        cache = self.state.cache if not request.debug else None
+        assignment = self.assignment(request.user_id)
+        context = (*request.context_key(), assignment.model)
+        cached = cache.get(request.user_id, context) if cache is not None else None
+        if cache is not None:
+            counter = self.metrics.cache_hits if cached is not None else self.metrics.cache_misses
+            counter.labels(cache="prediction").inc()
+        if cached is not None:
+            response = cached.model_copy(update={"request_id": uuid.uuid4().hex, "cached": True})
+        else:
+            response = await self._recommend(request, assignment)
+            if cache is not None and not response.fallback:
+                cache.put(request.user_id, context, response)
+            if self._recent is not None:
+                self._recent.record(request.user_id, [item.item_id for item in response.items])
+        self._remember_propensities(response)
+        for name, variant in assignment.variants.items():
+            self.metrics.experiment_assignments.labels(experiment=name, variant=variant).inc()
+        self.metrics.stage_latency.labels(stage="request").observe(time.perf_counter() - started)
         return response
 
-    async def _recommend(self, request: RecommendRequest) -> RecommendResponse:
+    def _session_items(self, request: RecommendRequest) -> list[str]:
+        items = self.state.sessions.items(request.user_id) if self.state.sessions else []
+        items = [*items, *request.session_item_ids]
+        if request.current_item_id is not None:
+            items.append(request.current_item_id)
+        return list(dict.fromkeys(items))  # one vote per item, order kept
+
+    async def _recommend(self, request: RecommendRequest, assignment: Assignment) -> RecommendResponse:
         request_id = uuid.uuid4().hex
-        banned = self._blocklist | (self._recent.items(request.user_id) if self._recent else frozenset())
+        recent = self._recent.items(request.user_id) if self._recent else frozenset()
+        session = self._session_items(request)
+        banned = self._blocklist | recent | frozenset(request.exclude_item_ids) | frozenset(session)
         n = max(self._n_candidates, request.k)
         # A popularity answer is only k long: ask for enough that k remain once banned items are gone.
         k_fetch = min(request.k + len(banned), n)
+        build = _ResponseBuilder(request_id, request, assignment, self)
+        started = time.perf_counter()
         try:
-            candidates = (await self._retrieval.candidates(request.user_id, n, k_fetch)).without(banned)
-        except Exception:
+            # Backends written before sessions existed take three arguments: pass more only when needed.
+            extra: tuple[Any, ...] = (session, request.debug) if session or request.debug else ()
+            found = await self._retrieval.candidates(request.user_id, n, k_fetch, *extra)
+        except Exception as err:
             logger.exception("retrieval failed for request %s", request_id)
+            self.metrics.errors.labels(stage="retrieval", reason=type(err).__name__).inc()
             if self._popular is None:
                 raise ServiceUnavailableError("retrieval is unavailable and no fallback is loaded") from None
-            return _response(request_id, request, self._popular.without(banned), None, "retrieval_failed")
+            return build(self._popular.without(banned), None, "retrieval_failed")
+        build.record(found, "retrieval", started)
+        candidates = found.without(banned)
         if candidates.fallback_reason is not None:
-            return _response(request_id, request, candidates, None, candidates.fallback_reason)
+            return build(candidates, None, candidates.fallback_reason)
+        started = time.perf_counter()
+        variant = (assignment.model,) if assignment.model != CHAMPION else ()
+        queue = self.metrics.queue_depth.labels(deployment="ranking")
+        queue.inc()
         try:
+            # The request id travels with the candidates so shadow scoring can log against it.
+            sent = candidates.with_details(request_id=request_id)
             ranked = await asyncio.wait_for(
-                self._ranking.rank(request.user_id, candidates), timeout=self._ranking_timeout_s
+                self._ranking.rank(request.user_id, sent, *variant), timeout=self._ranking_timeout_s
             )
         except TimeoutError:
             logger.warning("ranking timed out (%.2f s) for %s", self._ranking_timeout_s, request_id)
-            return _response(request_id, request, candidates, None, "ranking_timeout")
-        except Exception:
+            self.metrics.errors.labels(stage="ranking", reason="timeout").inc()
+            return build(candidates, None, "ranking_timeout")
+        except Exception as err:
             logger.exception("ranking failed for request %s", request_id)
-            return _response(request_id, request, candidates, None, "ranking_failed")
-        return _response(request_id, request, ranked, candidates.model_version, None)
+            self.metrics.errors.labels(stage="ranking", reason=type(err).__name__).inc()
+            return build(candidates, None, "ranking_failed")
+        finally:
+            queue.dec()
+        build.record(ranked, "ranking", started)
+        return build(ranked, candidates.model_version, None)
+
+    def _remember_propensities(self, response: RecommendResponse) -> None:
+        if self.state.exploration.policy == "off":
+            return
+        self._propensities[response.request_id] = {i.item_id: i.propensity for i in response.items}
+        while len(self._propensities) > _PROPENSITY_REQUESTS:
+            self._propensities.popitem(last=False)
+
+    async def events(self, raw: bytes) -> EventsResponse:
+        """Validate, store durably, update sessions and drop cached answers of the users concerned.
+
+        Raises:
+            EventBatchError: the body is not a batch of events.
+            ServiceUnavailableError: no event log is configured.
+        """
+        if self.state.event_log is None:
+            raise ServiceUnavailableError("this service keeps no event log")
+        batch = parse_events(raw, self.state.max_events_per_batch)
+        self.metrics.events.labels(result="rejected").inc(len(batch.rejected))
+        if batch.accepted:
+            propensities = [
+                self._propensities.get(e.request_id, {}).get(e.item_id) if e.request_id else None
+                for e in batch.accepted
+            ]
+            frame = events_frame(batch.accepted, datetime.now(UTC), propensities)
+            # fsync blocks for milliseconds: keep it off the event loop that serves recommendations.
+            await asyncio.to_thread(self.state.event_log.append, frame)
+            self.metrics.events.labels(result="accepted").inc(len(batch.accepted))
+            self._apply_to_sessions(batch.accepted)
+        return EventsResponse(
+            accepted=len(batch.accepted),
+            rejected=[RejectedEvent(index=r.index, error=r.error) for r in batch.rejected],
+        )
+
+    def _apply_to_sessions(self, events: Sequence[Any]) -> None:
+        by_user: dict[str, list[str]] = {}
+        for event in sorted(events, key=lambda e: e.event_ts):
+            by_user.setdefault(event.user_id, [])
+            if event.event_type in ENGAGED_EVENT_TYPES:
+                by_user[event.user_id].append(event.item_id)
+        for user_id, items in by_user.items():
+            if self.state.sessions is not None and items:
+                self.state.sessions.record(user_id, items)
+            if self.state.cache is not None:
+                self.state.cache.invalidate_user(user_id)
+
+    async def similar(self, item_id: str, k: int) -> SimilarItemsResponse:
+        """The items nearest to `item_id` in the retrieval embedding; `UnknownItemError` when unknown."""
+        similar = getattr(self._retrieval, "similar", None)
+        if similar is None:
+            raise ServiceUnavailableError("this retrieval backend has no item index")
+        found: Candidates = await similar(item_id, k)
+        items = [
+            RecommendedItem(item_id=i, score=s, position=p)
+            for p, (i, s) in enumerate(zip(found.item_ids, found.scores, strict=True), start=1)
+        ]
+        return SimilarItemsResponse(item_id=item_id, items=items, model_version=found.model_version)
 
     async def health(self) -> HealthResponse:
         """Both stages answer with their model versions; raises `ServiceUnavailableError` otherwise."""
@@ -166,30 +326,90 @@ class Recommender:
             raise ServiceUnavailableError(f"a stage is not answering: {type(err).__name__}") from err
         return HealthResponse(status="ok", model_version=ModelVersion(retrieval=retrieval, ranking=ranking))
 
+    async def ready(self) -> ReadyResponse:
+        """Models loaded and the online store answering a read; raises `ServiceUnavailableError` otherwise."""
+        health = await self.health()
+        checks = {"models": "ok", "online_store": "ok", "popularity_fallback": "ok"}
+        probe = getattr(self._retrieval, "ready", None)
+        if probe is not None:
+            try:
+                await probe()
+            except Exception as err:
+                raise ServiceUnavailableError(
+                    f"online store not reachable: {type(err).__name__}: {str(err)[:200]}"
+                ) from err
+        if self._popular is None:
+            raise ServiceUnavailableError("the popularity fallback list is not loaded")
+        if self.state.experiments is not None and self.state.experiments.error:
+            checks["experiments"] = f"keeping the previous file: {self.state.experiments.error[:200]}"
+        return ReadyResponse(status="ready", model_version=health.model_version, checks=checks)
 
-def _response(
-    request_id: str,
-    request: RecommendRequest,
-    chosen: Candidates,
-    retrieval_version: str | None,
-    fallback_reason: str | None,
-) -> RecommendResponse:
-    """Build the response; when ranking answered, `chosen` carries the ranker's version."""
-    top = chosen.top(request.k)
-    items = [
-        RecommendedItem(item_id=item_id, score=score, position=position)
-        for position, (item_id, score) in enumerate(zip(top.item_ids, top.scores, strict=True), start=1)
-    ]
-    if retrieval_version is None:
-        version = ModelVersion(retrieval=chosen.model_version, ranking=None)
-    else:
-        version = ModelVersion(retrieval=retrieval_version, ranking=chosen.model_version)
-    return RecommendResponse(
-        request_id=request_id,
-        user_id=request.user_id,
-        items=items,
-        model_version=version,
-        experiment_variant=CONTROL,
-        fallback=fallback_reason is not None,
-        fallback_reason=fallback_reason,
-    )
+
+class _ResponseBuilder:
+    """Turns the chosen list into a response: exploration, propensities, metrics and debug details."""
+
+    def __init__(
+        self, request_id: str, request: RecommendRequest, assignment: Assignment, owner: Recommender
+    ) -> None:
+        self.request_id = request_id
+        self.request = request
+        self.assignment = assignment
+        self.owner = owner
+        self.timings: dict[str, float] = {}
+        self.debug: dict[str, Any] = {}
+
+    def record(self, found: Candidates, stage: str, started: float) -> None:
+        """Observe a stage's own timings, its missing-feature count and its batch size."""
+        metrics = self.owner.metrics
+        self.timings[stage] = round((time.perf_counter() - started) * 1000.0, 3)
+        inner = dict(found.details.get("timings_ms", {}))
+        metrics.observe_stages({stage: self.timings[stage], **inner})
+        self.timings.update(inner)
+        missing = int(found.details.get("missing_features", 0))
+        if missing:
+            metrics.missing_features.labels(stage=stage).inc(missing)
+        if "batch_size" in found.details:
+            metrics.batch_size.observe(found.details["batch_size"])
+        if self.request.debug:
+            for key in ("user_features", "item_features", "session_profile", "cold_start", "batch_size"):
+                if key in found.details:
+                    self.debug[key] = found.details[key]
+            self.debug.setdefault("missing_features", {})[stage] = missing
+
+    def __call__(
+        self, chosen: Candidates, retrieval_version: str | None, fallback_reason: str | None
+    ) -> RecommendResponse:
+        """Build the response; when ranking answered, `chosen` carries the ranker's version."""
+        owner = self.owner
+        if fallback_reason is not None:
+            owner.metrics.fallbacks.labels(reason=fallback_reason).inc()
+        ids, scores, propensities = explore(
+            chosen.item_ids, chosen.scores, self.request.k, owner.state.exploration, owner._rng
+        )
+        explored = sum(1 for item, ranked in zip(ids, chosen.item_ids, strict=False) if item != ranked)
+        if explored:
+            owner.metrics.exploration.inc(explored)
+        items = [
+            RecommendedItem(item_id=item_id, score=score, position=position, propensity=propensity)
+            for position, (item_id, score, propensity) in enumerate(
+                zip(ids, scores, propensities, strict=True), start=1
+            )
+        ]
+        if retrieval_version is None:
+            version = ModelVersion(retrieval=chosen.model_version, ranking=None)
+        else:
+            version = ModelVersion(retrieval=retrieval_version, ranking=chosen.model_version)
+        debug = None
+        if self.request.debug:
+            debug = {"timings_ms": self.timings, "ranker_model": self.assignment.model, **self.debug}
+        return RecommendResponse(
+            request_id=self.request_id,
+            user_id=self.request.user_id,
+            items=items,
+            model_version=version,
+            experiment_variant=self.assignment.label,
+            experiments=self.assignment.variants,
+            fallback=fallback_reason is not None,
+            fallback_reason=fallback_reason,
+            debug=debug,
+        )

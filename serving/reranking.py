@@ -5,7 +5,8 @@ user was just shown, and room for business rules. Each rule is a plain function 
 `rerank` composes them in this order:
 
 1. drop blocklisted items and items in the exclusion set (e.g. recently shown), so no later rule sees them;
-2. relevance: the ranker scores min-max scaled to [0, 1] within the request, plus a freshness bonus;
+2. relevance: the ranker scores min-max scaled to [0, 1] within the request, plus a freshness bonus
+   and any per-request bonus (the session genre match);
 3. MMR: greedily pick the item with the best trade-off between relevance and novelty against the items
    already picked (first `depth` positions; the rest follow by relevance);
 4. category caps: at most `max_per_category` items of one category in the first `cap_window` positions;
@@ -239,6 +240,7 @@ def rerank(
     config: RerankConfig,
     exclude: Iterable[str] = (),
     k: int | None = None,
+    bonus: np.ndarray | None = None,
 ) -> tuple[list[str], list[float]]:
     """The candidates in the order to show them (see the module docstring for the order of the rules).
 
@@ -249,6 +251,7 @@ def rerank(
         config: The rules and their strengths.
         exclude: Items never to show in this answer (e.g. shown to the user moments ago).
         k: How many to return; all remaining candidates when None.
+        bonus: (n,) extra relevance per candidate, in scaled-relevance units (e.g. session match).
 
     Returns:
         Item ids and their ranker scores, best first; deterministic for equal inputs.
@@ -258,6 +261,8 @@ def rerank(
     if scores.shape != (n,):
         raise RerankError(f"{n} item ids but scores of shape {scores.shape}")
     _check(n, info)
+    if bonus is not None and np.shape(bonus) != (n,):
+        raise RerankError(f"{n} item ids but a bonus of shape {np.shape(bonus)}")
     if not config.enabled:
         keep = allowed(item_ids, exclude) if exclude else np.ones(n, dtype=bool)
         ids = [i for i, ok in zip(item_ids, keep, strict=True) if ok][:k]
@@ -271,6 +276,8 @@ def rerank(
         relevance = relevance + freshness_bonus(
             kept.age_days, config.freshness_weight, config.freshness_half_life_days
         )
+    if bonus is not None:
+        relevance = relevance + np.nan_to_num(np.asarray(bonus, dtype=np.float64)[rows])
     vectors = kept.embeddings if kept.embeddings is not None else kept.categories
     order = mmr_order(relevance, vectors, config.mmr_lambda, config.depth)
     if kept.categories is not None and config.max_per_category is not None:

@@ -6,12 +6,15 @@ Requests are strict (unknown fields and coerced types are errors) so that a clie
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
 from recsys.vocab import DEVICE_TYPES, SURFACES
 
 DEFAULT_K = 10
+MAX_LISTED_ITEMS = 500
 
 
 class RecommendRequest(BaseModel):
@@ -27,6 +30,34 @@ class RecommendRequest(BaseModel):
     k: int = Field(default=DEFAULT_K, ge=1, description="How many items to return.")
     surface: str | None = Field(default=None, json_schema_extra={"enum": list(SURFACES)})
     device: str | None = Field(default=None, json_schema_extra={"enum": list(DEVICE_TYPES)})
+    session_item_ids: list[str] = Field(
+        default_factory=list, max_length=50, description="Items of the current session, oldest first."
+    )
+    current_item_id: str | None = Field(
+        default=None, min_length=1, max_length=256, description="The item on screen (a session signal)."
+    )
+    exclude_item_ids: list[str] = Field(
+        default_factory=list, max_length=MAX_LISTED_ITEMS, description="Items never to return."
+    )
+    debug: bool = Field(default=False, description="Add per-stage timings and the feature values used.")
+
+    @field_validator("session_item_ids", "exclude_item_ids")
+    @classmethod
+    def _item_ids(cls, value: list[str]) -> list[str]:
+        if any(not item or len(item) > 256 for item in value):
+            raise PydanticCustomError("item_id", "item ids must be 1 to 256 characters")
+        return value
+
+    def context_key(self) -> tuple[object, ...]:
+        """Everything but the user that decides the answer: the prediction cache's key."""
+        return (
+            self.k,
+            self.surface,
+            self.device,
+            tuple(self.session_item_ids),
+            self.current_item_id,
+            tuple(self.exclude_item_ids),
+        )
 
     @field_validator("surface")
     @classmethod
@@ -70,6 +101,8 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float
     position: int
+    # Probability that the serving policy put this item here (1.0 unless exploration is on).
+    propensity: float = 1.0
 
 
 class ModelVersion(BaseModel):
@@ -87,8 +120,11 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     model_version: ModelVersion
     experiment_variant: str = "control"
+    experiments: dict[str, str] = Field(default_factory=dict, description="Variant per experiment.")
     fallback: bool = False
     fallback_reason: str | None = None
+    cached: bool = False
+    debug: dict[str, Any] | None = None
 
 
 class HealthResponse(BaseModel):
@@ -96,3 +132,42 @@ class HealthResponse(BaseModel):
 
     status: str
     model_version: ModelVersion
+
+
+class ReadyResponse(BaseModel):
+    """Body of `GET /readyz`: models loaded and the online store answering."""
+
+    status: str
+    model_version: ModelVersion
+    checks: dict[str, str]
+
+
+class SimilarItemsResponse(BaseModel):
+    """Body of `GET /items/{item_id}/similar`: the nearest items in the retrieval embedding."""
+
+    item_id: str
+    items: list[RecommendedItem]
+    model_version: str
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    error: str
+
+
+class EventsResponse(BaseModel):
+    """Body of a `POST /events` answer: how many events were stored, and why the others were not."""
+
+    accepted: int
+    rejected: list[RejectedEvent] = Field(default_factory=list)
+
+
+def printable_name(name: str, limit: int = 80) -> str:
+    """A client-supplied field name as it may appear in a one-line message: escaped, and cut when long.
+
+    >>> printable_name("k"), printable_name("a\\nb"), len(printable_name("x" * 500)) < 100
+    ('k', "'a\\\\nb'", True)
+    """
+    if name.isprintable() and len(name) <= limit:
+        return name
+    return ascii(name[:limit]) + ("..." if len(name) > limit else "")

@@ -6,7 +6,9 @@ features and calls the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import pandas as pd
 from recsys.vocab import GENRES
 from serving.reranking import ItemInfo, ItemVectors, RerankConfig, genre_matrix, rerank
 from serving.roles import FeatureReader, RankingModel, RetrievalModel
+from serving.session import blend_affinity, session_match, session_profile
 
 USER_KEY = "user_id"
 ITEM_KEY = "item_id"
@@ -23,6 +26,12 @@ UNKNOWN_USER = "unknown_user"
 # Item features of the ranker's online read that re-ranking reuses (no second read).
 GENRE_COLUMN = "item_genre_vector"
 AGE_COLUMN = "item_age_days"
+AFFINITY_COLUMN = "user_genre_affinity"
+SESSION_COLD_START = "session"
+
+
+class UnknownItemError(KeyError):
+    """An item id the retrieval model's catalogue does not hold."""
 
 
 class FeatureReadError(ValueError):
@@ -41,6 +50,10 @@ class Candidates:
     scores: list[float]
     model_version: str
     fallback_reason: str | None = None
+    # What the stages measured and passed on: `timings_ms`, `missing_features`, `session_profile`,
+    # `user_overrides` (feature values the session changed), `debug` (a request flag) and, when it is
+    # set, the feature values used. Not part of equality: two lists with the same items are the same.
+    details: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.item_ids) != len(self.scores):
@@ -48,7 +61,14 @@ class Candidates:
 
     def top(self, k: int) -> Candidates:
         """The first `k` items."""
-        return Candidates(self.item_ids[:k], self.scores[:k], self.model_version, self.fallback_reason)
+        return Candidates(
+            self.item_ids[:k], self.scores[:k], self.model_version, self.fallback_reason, self.details
+        )
+
+    def with_details(self, **details: Any) -> Candidates:
+        """The same list with `details` added to (or replacing entries of) its details."""
+        merged = {**self.details, **details}
+        return Candidates(self.item_ids, self.scores, self.model_version, self.fallback_reason, merged)
 
     def without(self, item_ids: frozenset[str]) -> Candidates:
         """The same list minus `item_ids` (items that must not be shown), order kept."""
@@ -60,6 +80,7 @@ class Candidates:
             [self.scores[j] for j in keep],
             self.model_version,
             self.fallback_reason,
+            self.details,
         )
 
 
@@ -114,6 +135,38 @@ def split_features(frame: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
     return user, frame.drop(columns=user_columns).reset_index(drop=True)
 
 
+def count_missing(frame: pd.DataFrame, columns: Sequence[str]) -> int:
+    """Null feature values among `columns` of `frame` (the model substitutes its defaults for them).
+
+    >>> count_missing(pd.DataFrame({"a": [1.0, None], "b": [None, None]}), ["a", "b"])
+    3
+    """
+    present = [c for c in columns if c in frame.columns]
+    return int(frame[present].isna().to_numpy().sum()) if present else 0
+
+
+def _plain(value: Any) -> Any:
+    """A feature value as JSON-ready data (numpy arrays and scalars become lists and numbers)."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    unit: np.ndarray = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return unit
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)
+
+
 class RetrievalStage:
     """Candidate generation for one request: the user's online features, then the two-tower model.
 
@@ -121,6 +174,7 @@ class RetrievalStage:
         model: The champion retrieval model.
         read_features: Online feature reads.
         feature_service: The feature service whose user features the model takes.
+        session_weight: Share of the session's genre profile in the user's genre affinity.
     """
 
     def __init__(
@@ -128,10 +182,13 @@ class RetrievalStage:
         model: RetrievalModel,
         read_features: FeatureReader,
         feature_service: str = RETRIEVAL_FEATURE_SERVICE,
+        session_weight: float = 0.5,
     ) -> None:
         self.model = model
         self._read = read_features
         self._service = feature_service
+        self._session_weight = session_weight
+        self._catalog_rows: dict[str, int] | None = None
 
     @property
     def version(self) -> str:
@@ -141,33 +198,139 @@ class RetrievalStage:
         """One throwaway read, so the first real request does not pay for opening the online store."""
         self._read(self._service, [{USER_KEY: "__warm_up__"}])
 
+    def ready(self) -> str:
+        """The model version, after one online read proves the store answers (raises otherwise)."""
+        self._read(self._service, [{USER_KEY: "__ready__"}])
+        return self.version
+
     def user_features(self, user_id: str) -> dict[str, Any]:
         frame = self._read(self._service, [{USER_KEY: user_id}])
         if len(frame) != 1:
             raise FeatureReadError(f"online store returned {len(frame)} rows for one user")
         return {str(key): value for key, value in frame.iloc[0].to_dict().items()}
 
-    def candidates(self, user_id: str, n: int, k: int) -> Candidates:
-        """Up to `n` personal candidates; the `k` most popular items for a user the model does not know."""
-        if not self.model.knows_user(user_id):
+    def session_profile(self, item_ids: Sequence[str]) -> np.ndarray | None:
+        """Genre shares of the session's items, from their online item features (None without genres)."""
+        if not item_ids:
+            return None
+        frame = self._read(self._service, [{ITEM_KEY: item_id} for item_id in item_ids])
+        if GENRE_COLUMN not in frame.columns:
+            return None
+        return session_profile(genre_matrix(frame[GENRE_COLUMN], len(frame), len(GENRES)))
+
+    def candidates(
+        self, user_id: str, n: int, k: int, session_item_ids: Sequence[str] = (), debug: bool = False
+    ) -> Candidates:
+        """Up to `n` personal candidates; the `k` most popular items for a user the model does not know.
+
+        Items of the live session move the user's genre affinity towards theirs before the user tower
+        runs; a user the model does not know but whose session has genres gets candidates from the
+        session alone (the user tower's shared unknown-user row with the session as affinity).
+        """
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        profile = self.session_profile(session_item_ids)
+        if session_item_ids:
+            timings["session_features"] = _ms(started)
+        details: dict[str, Any] = {"timings_ms": timings, "debug": debug}
+        if profile is not None:
+            details["session_profile"] = profile.tolist()
+        known = self.model.knows_user(user_id)
+        if not known and profile is None:
+            started = time.perf_counter()
             ids, scores = self.model.popular(k)
-            return Candidates(list(ids), [float(s) for s in scores], self.version, UNKNOWN_USER)
-        ids, scores = self.model.retrieve(user_id, self.user_features(user_id), n)
-        return Candidates(list(ids), [float(s) for s in scores], self.version)
+            timings["popularity"] = _ms(started)
+            return Candidates(list(ids), [float(s) for s in scores], self.version, UNKNOWN_USER, details)
+        started = time.perf_counter()
+        features = self.user_features(user_id)
+        timings["user_features"] = _ms(started)
+        details["missing_features"] = sum(
+            1 for key, value in features.items() if key != USER_KEY and _plain(value) is None
+        )
+        if profile is not None:
+            blended = blend_affinity(_plain(features.get(AFFINITY_COLUMN)), profile, self._session_weight)
+            features[AFFINITY_COLUMN] = blended.astype(np.float32)
+            details["user_overrides"] = {AFFINITY_COLUMN: blended.tolist()}
+        if not known:
+            details["cold_start"] = SESSION_COLD_START
+        if debug:
+            details["user_features"] = {key: _plain(value) for key, value in features.items()}
+        started = time.perf_counter()
+        found = (
+            self._session_retrieve(user_id, features, session_item_ids, n) if profile is not None else None
+        )
+        ids, scores = found if found is not None else self.model.retrieve(user_id, features, n)
+        timings["retrieve"] = _ms(started)
+        return Candidates(list(ids), [float(s) for s in scores], self.version, None, details)
+
+    def _session_retrieve(
+        self, user_id: str, features: dict[str, Any], session_item_ids: Sequence[str], n: int
+    ) -> tuple[list[str], np.ndarray] | None:
+        """FAISS top-n for a query moved towards the session: the user embedding and the mean embedding
+        of the session's items, each as a unit vector, mixed by the session weight.
+
+        The genre affinity alone moves the user tower only as far as training taught it to; the items'
+        own embeddings carry the session into retrieval whatever the model learnt. None when the model
+        does not expose its towers and index (then `retrieve` runs on the blended features alone).
+        """
+        model: Any = self.model
+        catalog: list[str] | None = getattr(model, "catalog", None)
+        if catalog is None or not all(hasattr(model, a) for a in ("embed_users", "seen_items", "index")):
+            return None
+        if self._catalog_rows is None:
+            self._catalog_rows = {item: row for row, item in enumerate(catalog)}
+        rows = [self._catalog_rows[i] for i in session_item_ids if i in self._catalog_rows]
+        if not rows:
+            return None
+        user = np.asarray(
+            model.embed_users([user_id], pd.DataFrame([features]))[0], dtype=np.float64
+        )  # (dim,)
+        items = np.asarray(model.item_embeddings[rows], dtype=np.float64).mean(axis=0)  # (dim,)
+        w = self._session_weight
+        query = (1 - w) * _unit(user) + w * _unit(items)  # (dim,)
+        banned = {self._catalog_rows[i] for i in model.seen_items(user_id) if i in self._catalog_rows}
+        found, scores = model.index.search(query[None, :].astype(np.float32), n, exclude=[banned | set(rows)])
+        keep = found[0] >= 0
+        return [catalog[int(r)] for r in found[0][keep]], scores[0][keep]
 
     def popular(self, n: int) -> Candidates:
         ids, scores = self.model.popular(n)
         return Candidates(list(ids), [float(s) for s in scores], self.version)
 
+    def similar(self, item_id: str, k: int) -> Candidates:
+        """The `k` items nearest to `item_id` in the retrieval model's item embedding ("more like this").
+
+        Raises:
+            UnknownItemError: the item is not in the model's catalogue.
+        """
+        catalog: list[str] | None = getattr(self.model, "catalog", None)
+        embeddings: np.ndarray | None = getattr(self.model, "item_embeddings", None)
+        index = getattr(self.model, "index", None)
+        if catalog is None or embeddings is None or index is None:
+            raise UnknownItemError(f"the retrieval model {self.version} has no item index")
+        if self._catalog_rows is None:
+            self._catalog_rows = {item: row for row, item in enumerate(catalog)}
+        row = self._catalog_rows.get(item_id)
+        if row is None:
+            raise UnknownItemError(f"unknown item {item_id!r}")
+        query = np.asarray(embeddings[row : row + 1], dtype=np.float32)  # (1, dim)
+        rows, scores = index.search(query, k, exclude=[{row}])
+        keep = rows[0] >= 0
+        return Candidates(
+            [catalog[int(r)] for r in rows[0][keep]], [float(s) for s in scores[0][keep]], self.version
+        )
+
 
 class RankingStage:
-    """Candidate scoring for one request: one batched online read of all candidates, then the ranker.
+    """Candidate scoring: one batched online read of all candidates (of one or many requests), the ranker.
 
     Args:
         model: The champion ranking model.
         read_features: Online feature reads.
         rerank_config: Re-ranking applied to the ranker's order; None returns the ranker's order as is.
         item_vectors: Item embeddings for MMR similarity; without them MMR compares genre vectors.
+        session_boost: Re-ranking bonus, in scaled-relevance units, for an item fully matching the
+            session's genre profile.
     """
 
     def __init__(
@@ -176,11 +339,13 @@ class RankingStage:
         read_features: FeatureReader,
         rerank_config: RerankConfig | None = None,
         item_vectors: ItemVectors | None = None,
+        session_boost: float = 0.0,
     ) -> None:
         self.model = model
         self._read = read_features
         self._rerank = rerank_config
         self._vectors = item_vectors
+        self._session_boost = session_boost
 
     @property
     def version(self) -> str:
@@ -192,21 +357,113 @@ class RankingStage:
 
     def rank(self, user_id: str, candidates: Candidates) -> Candidates:
         """The candidates re-ordered by the ranker's score, then re-ranked when a config is set."""
-        if not candidates.item_ids:
-            return Candidates([], [], self.version)
-        rows = [{USER_KEY: user_id, ITEM_KEY: item_id} for item_id in candidates.item_ids]
-        frame = self._read(self.model.feature_service, rows)
+        result = self.rank_many([(user_id, candidates)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def rank_many(self, requests: Sequence[tuple[str, Candidates]]) -> list[Candidates | Exception]:
+        """Rank several requests with one online read of all their candidates.
+
+        A request whose scoring fails gets its exception in its place; the others are still answered.
+        A failed read fails them all (it is the same store for everyone).
+        """
+        frames, read_ms = self._read_candidates(requests)
+        out: list[Candidates | Exception] = []
+        for (_, cands), part in zip(requests, frames, strict=True):
+            try:
+                out.append(self._rank_one(cands, part, read_ms, len(requests)))
+            except Exception as err:  # one request's bad data must not fail its batch neighbours
+                out.append(err)
+        return out
+
+    def score_many(self, requests: Sequence[tuple[str, Candidates]]) -> list[np.ndarray | Exception]:
+        """The ranker's own scores of each request's candidates, in candidate order (no re-ranking).
+
+        What shadow scoring compares; one online read for all requests, failures per request as in
+        `rank_many`.
+        """
+        frames, _ = self._read_candidates(requests)
+        out: list[np.ndarray | Exception] = []
+        for (_, cands), part in zip(requests, frames, strict=True):
+            try:
+                out.append(self._scores(cands, part)[0] if cands.item_ids else np.zeros(0))
+            except Exception as err:
+                out.append(err)
+        return out
+
+    def _read_candidates(
+        self, requests: Sequence[tuple[str, Candidates]]
+    ) -> tuple[list[pd.DataFrame], float]:
+        """Each request's rows of one online read of all the candidates, and the read's time (ms)."""
+        rows = [
+            {USER_KEY: user_id, ITEM_KEY: item_id}
+            for user_id, cands in requests
+            for item_id in cands.item_ids
+        ]
+        started = time.perf_counter()
+        frame = self._read(self.model.feature_service, rows) if rows else pd.DataFrame()
+        read_ms = _ms(started)
         if len(frame) != len(rows):
             raise FeatureReadError(f"online store returned {len(frame)} rows for {len(rows)} candidates")
+        frames: list[pd.DataFrame] = []
+        offset = 0
+        for _, cands in requests:
+            frames.append(frame.iloc[offset : offset + len(cands.item_ids)].reset_index(drop=True))
+            offset += len(cands.item_ids)
+        return frames, read_ms
+
+    def _scores(
+        self, candidates: Candidates, frame: pd.DataFrame
+    ) -> tuple[np.ndarray, dict[str, Any], pd.DataFrame]:
+        """The ranker's scores of the candidates, the user features it saw and the item frame."""
         user, items = split_features(frame)
+        user.update(candidates.details.get("user_overrides", {}))
         scores = np.asarray(
             self.model.score(user, items, np.asarray(candidates.scores, dtype=np.float32)), dtype=np.float64
         )
-        if scores.shape != (len(rows),):
-            raise ValueError(f"ranker returned scores of shape {scores.shape} for {len(rows)} candidates")
+        if scores.shape != (len(frame),):
+            raise ValueError(f"ranker returned scores of shape {scores.shape} for {len(frame)} candidates")
+        return scores, user, items
+
+    def _rank_one(
+        self, candidates: Candidates, frame: pd.DataFrame, read_ms: float, batch: int
+    ) -> Candidates:
+        timings = {"candidate_features": read_ms}
+        details: dict[str, Any] = {"timings_ms": timings, "batch_size": batch}
+        if not candidates.item_ids:
+            return Candidates([], [], self.version, None, details)
+        details["missing_features"] = count_missing(
+            frame, [c for c in frame.columns if c not in ENTITY_COLUMNS]
+        )
+        started = time.perf_counter()
+        scores, user, items = self._scores(candidates, frame)
+        timings["rank"] = _ms(started)
+        started = time.perf_counter()
         if self._rerank is not None:
             info = item_info(items, candidates.item_ids, self._vectors)
-            ids, ordered = rerank(candidates.item_ids, scores, info, self._rerank)
+            bonus = self._session_bonus(candidates, info)
+            ids, ordered = rerank(candidates.item_ids, scores, info, self._rerank, bonus=bonus)
         else:
             ids, ordered = order_by_score(candidates.item_ids, scores)
-        return Candidates(ids, ordered, self.version)
+        timings["rerank"] = _ms(started)
+        if candidates.details.get("debug"):
+            details["user_features"] = {key: _plain(value) for key, value in user.items()}
+            by_id = items.set_index(ITEM_KEY, drop=False) if ITEM_KEY in items.columns else None
+            details["item_features"] = (
+                {i: {c: _plain(v) for c, v in by_id.loc[i].items()} for i in ids[:DEBUG_ITEMS]}
+                if by_id is not None and by_id.index.is_unique
+                else {}
+            )
+        return Candidates(ids, ordered, self.version, None, details)
+
+    def _session_bonus(self, candidates: Candidates, info: ItemInfo) -> np.ndarray | None:
+        profile = candidates.details.get("session_profile")
+        if profile is None or info.categories is None or self._session_boost <= 0:
+            return None
+        return self._session_boost * session_match(info.categories, np.asarray(profile, dtype=np.float64))
+
+
+ENTITY_COLUMNS = (USER_KEY, ITEM_KEY)
+# Debug answers carry the feature values of this many top items (the whole candidate list is too long).
+DEBUG_ITEMS = 100

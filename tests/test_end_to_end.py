@@ -9,41 +9,27 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
+from commands import RECSYS, SMALL_CONFIG, run_recsys
 
 from recsys.config import REPO_ROOT
 from recsys.state import StateDir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RECSYS = [sys.executable, "-m", "recsys"]
-CONFIG = "configs/small.yaml"
+CONFIG = SMALL_CONFIG
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _recsys(state_dir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """Run the `recsys` command as a user would, against `state_dir`."""
-    return subprocess.run(
-        [*RECSYS, *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, "RECSYS_STATE_DIR": str(state_dir)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @dataclass(frozen=True)
@@ -55,15 +41,10 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    state_dir = tmp_path_factory.mktemp("e2e") / "state"
-    proc = _recsys(state_dir, "pipeline", "--config", CONFIG, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    state = StateDir(state_dir)
+def pipeline(small_pipeline: StateDir) -> Pipeline:
+    state = small_pipeline
     version = state.latest_dataset_version()
-    events = pd.read_parquet(
-        state.dataset(version) / "interaction_events.parquet", columns=["user_id", "item_id"]
-    )
+    events = pd.read_parquet(state.dataset(version) / "interaction_events", columns=["user_id", "item_id"])
     catalogue = set(pd.read_parquet(state.dataset(version) / "items.parquet", columns=["item_id"])["item_id"])
     return Pipeline(state, version, events, catalogue)
 
@@ -116,7 +97,7 @@ def test_pipeline_writes_every_stage_output(pipeline: Pipeline) -> None:
 def test_rerunning_the_pipeline_changes_nothing(pipeline: Pipeline) -> None:
     metrics = pipeline.state.evaluation(pipeline.version) / "metrics.json"
     before = metrics.read_bytes()
-    proc = _recsys(pipeline.state.root, "train", "--config", CONFIG)
+    proc = run_recsys(pipeline.state.root, "train", "--config", CONFIG)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "skipped=True" in proc.stderr.replace(" ", "")
     assert metrics.read_bytes() == before
@@ -181,10 +162,52 @@ def test_bad_requests_get_a_readable_422(server: str, payload: bytes, error: str
 
 def test_evaluate_refuses_champions_trained_on_another_dataset_version(pipeline: Pipeline) -> None:
     """Runs last: it adds a second dataset version to the shared state."""
-    other = _recsys(pipeline.state.root, "ingest", "--config", CONFIG, "--set", "ingest.sample_users=30")
+    other = run_recsys(pipeline.state.root, "ingest", "--config", CONFIG, "--set", "ingest.sample_users=30")
     assert other.returncode == 0, other.stderr[-4000:]
-    assert pipeline.state.latest_dataset_version() != pipeline.version
-    proc = _recsys(pipeline.state.root, "evaluate", "--config", CONFIG)
+    try:
+        assert pipeline.state.latest_dataset_version() != pipeline.version
+        proc = run_recsys(pipeline.state.root, "evaluate", "--config", CONFIG)
+    finally:
+        # The state is shared with later modules: point LATEST back at the trained version.
+        (pipeline.state.datasets / "LATEST").write_text(pipeline.version + "\n")
     assert proc.returncode == 1
     assert f"trained on dataset {pipeline.version}" in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr
+
+
+def test_three_horror_films_bring_more_horror_over_http(pipeline: Pipeline, server: str) -> None:
+    """The freshness scenario: events posted now change the very next answer, and are stored durably."""
+    items = pd.read_parquet(pipeline.state.dataset(pipeline.version) / "items.parquet")
+    horror = {
+        str(i) for i, cats in zip(items["item_id"], items["categories"], strict=True) if "Horror" in cats
+    }
+    user = str(pipeline.events["user_id"].value_counts().index[1])
+    seen = set(pipeline.events.loc[pipeline.events["user_id"] == user, "item_id"])
+    ask = {"user_id": user, "k": 20, "surface": "homepage", "device": "tv"}
+    before = httpx.post(f"{server}/recommend", json=ask, timeout=30).json()
+    watched = sorted(horror - seen)[:3]
+    events = [
+        {
+            "event_id": f"e2e-horror-{n}",
+            "user_id": user,
+            "item_id": item,
+            "event_type": "view",
+            "dwell_time_ms": 5_400_000,
+            "session_id": "e2e-session",
+            "device_type": "tv",
+            "event_ts": "2026-03-01T20:00:00Z",
+        }
+        for n, item in enumerate(watched)
+    ]
+    response = httpx.post(f"{server}/events", json={"events": events}, timeout=30)
+    assert response.status_code == 200, response.text
+    after = httpx.post(f"{server}/recommend", json=ask, timeout=30).json()
+    assert after["cached"] is False
+    count = sum(item["item_id"] in horror for item in after["items"])
+    assert count > sum(item["item_id"] in horror for item in before["items"]), (before, after)
+    assert not set(watched) & {item["item_id"] for item in after["items"]}
+    stored = pd.read_parquet(pipeline.state.events / "event_date=2026-03-01")
+    assert set(watched) <= set(stored["item_id"])
+    metrics = httpx.get(f"{server}/metrics", timeout=10).text
+    assert 'recsys_events_total{result="accepted"}' in metrics
+    assert httpx.get(f"{server}/readyz", timeout=10).json()["status"] == "ready"

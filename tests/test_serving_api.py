@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,7 +87,7 @@ class BrokenRanker(CountRanker):
 class SlowRanking:
     """A ranking backend that answers too late."""
 
-    async def rank(self, user_id: str, candidates: Candidates) -> Candidates:
+    async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates:
         await asyncio.sleep(1.0)
         return candidates
 
@@ -101,7 +101,9 @@ class DownRetrieval:
     def __init__(self, popular: Candidates | None) -> None:
         self._popular = popular
 
-    async def candidates(self, user_id: str, n: int, k: int) -> Candidates:
+    async def candidates(
+        self, user_id: str, n: int, k: int, session_item_ids: Sequence[str] = (), debug: bool = False
+    ) -> Candidates:
         raise ConnectionError("replica died")
 
     async def popular(self, n: int) -> Candidates:

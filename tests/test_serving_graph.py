@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from test_serving_api import BrokenRanker, stages
@@ -32,11 +32,22 @@ def serve_module() -> Any:
     return serve
 
 
-def test_graph_composes_retrieval_and_ranking(serve_module: Any) -> None:
-    from serving.app import build_graph
+@pytest.mark.parametrize("shape", ["fused", "split"])
+def test_graph_composes_retrieval_and_ranking(
+    serve_module: Any, shape: Literal["fused", "split"], state: StateDir
+) -> None:
+    import json
 
-    settings = ServeConfig(n_candidates=10, max_k=20)
-    handle = serve_module.run(build_graph(retrieval_stage, ranking_stage, settings), _local_testing_mode=True)
+    from serving.app import build_graph
+    from serving.events import EventLog
+
+    settings = ServeConfig(n_candidates=10, max_k=20, graph=shape)
+    app = build_graph(retrieval_stage, ranking_stage, settings, state.root)
+    handle = serve_module.run(app, _local_testing_mode=True)
+    event = {"event_id": "e", "user_id": "u1", "item_id": "i4", "event_type": "click", "session_id": "s"}
+    raw = json.dumps({"events": [{**event, "event_ts": "2026-01-01T00:00:00Z"}]}).encode()
+    assert handle.events.remote(raw).result() == {"accepted": 1, "rejected": []}
+    assert EventLog(state.events).read()["item_id"].tolist() == ["i4"]
     body = handle.recommend.remote({"user_id": "u1", "k": 3}).result()
     assert [item["item_id"] for item in body["items"]] == ["i11", "i10", "i9"]
     assert body["model_version"] == {"retrieval": "7", "ranking": "3"} and body["fallback"] is False
@@ -78,7 +89,8 @@ def reranking_stage() -> RankingStage:
 def test_graph_reranks_after_ranking_and_skips_recent_items(serve_module: Any) -> None:
     from serving.app import build_graph
 
-    settings = ServeConfig(n_candidates=10, max_k=20)  # the default re-rank config: no repeats of 3 answers
+    # The default re-rank config (no repeats of 3 answers), without the cache that would repeat an answer.
+    settings = ServeConfig(n_candidates=10, max_k=20, cache_ttl_s=0)
     handle = serve_module.run(
         build_graph(retrieval_stage, reranking_stage, settings), _local_testing_mode=True
     )
