@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -76,5 +77,9 @@ class ChampionPoller:
                 await self.check()
             except asyncio.CancelledError:
                 raise
+            except RuntimeError as err:
+                if sys.is_finalizing() or "interpreter shutdown" in str(err):
+                    return  # the replica is going away; nothing left to reload
+                logger.exception("champion check failed; serving the loaded versions")
             except Exception:
                 logger.exception("champion check failed; serving the loaded versions")
