@@ -71,15 +71,19 @@ class PointInTimeReader:
 
 
 class AsOfRetrieval:
-    """The retrieval model as of a window start: excludes only the items of the user's earlier history.
+    """The retrieval model as of a window start: searches the item index as of that start (`as_of_index`,
+    set by the caller per start time) and excludes only the items of the user's earlier history.
 
-    Delegates everything else to the served model (same weights, same FAISS index, same fallback).
+    Delegates everything else to the served model (same weights, same fallback).
     """
 
     def __init__(self, model: Any, history: Mapping[str, set[str]]) -> None:
         self._model = model
         self._history = history
         self._row = {item: row for row, item in enumerate(model.catalog)}
+        # The saved index describes items as of the end of training: searching it for an earlier window
+        # would describe items with features from after the moment judged.
+        self.as_of_index: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
@@ -100,7 +104,9 @@ class AsOfRetrieval:
     ) -> tuple[list[str], np.ndarray]:
         query = self._model.embed_users([user_id], pd.DataFrame([dict(user_features)]))  # (1, dim)
         banned = {self._row[i] for i in self._history.get(user_id, ()) if i in self._row}
-        ids, scores = self._model.index.search(query, n, exclude=[banned])
+        if self.as_of_index is None:
+            raise RuntimeError("AsOfRetrieval.retrieve needs as_of_index set for the user's window start")
+        ids, scores = self.as_of_index.search(query, n, exclude=[banned])
         keep = ids[0] >= 0
         return [self._model.catalog[r] for r in ids[0][keep]], scores[0][keep]
 
@@ -140,6 +146,7 @@ def _stages(
 def run_replay(config: PipelineConfig, window: EvalWindow, ref: str, k: int) -> ReplayRun:
     """Every judged user's top `k` as the serving stages answer it at the user's window start."""
     from recsys.features.store import historical_features
+    from training.candidates import item_indexes_over
 
     starts = dict(zip(window.starts["user_id"].astype(str), window.starts["event_timestamp"], strict=True))
     reader = PointInTimeReader(window.store, historical_features, starts)
@@ -148,7 +155,18 @@ def run_replay(config: PipelineConfig, window: EvalWindow, ref: str, k: int) -> 
     )
     n = max(config.serve.n_candidates, k)
     reader.prefetch(str(retrieval.model.feature_service), [{USER_KEY: u} for u in window.users])
-    first = {u: retrieval.candidates(u, n, k) for u in window.users}
+    users_at = window.starts.assign(user_id=window.starts["user_id"].astype(str))
+    users_at = users_at[users_at["user_id"].isin(set(map(str, window.users)))]
+    first: dict[str, Any] = {}
+    for when, index in item_indexes_over(
+        retrieval.model, window.store, historical_features, list(users_at["event_timestamp"].unique())
+    ):
+        retrieval.model.as_of_index = index
+        for user in users_at.loc[users_at["event_timestamp"] == when, "user_id"]:
+            first[user] = retrieval.candidates(user, n, k)
+    for user in map(str, window.users):  # users without a window start (none expected) get the fallback
+        if user not in first:
+            first[user] = retrieval.candidates(user, n, k)
     pairs = [
         {USER_KEY: u, ITEM_KEY: i} for u, c in first.items() if c.fallback_reason is None for i in c.item_ids
     ]

@@ -8,7 +8,7 @@ so neither retrieval nor ranking sees popularity from the window it is judged on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +43,36 @@ def floor_to_snapshots(times: pd.Series, snapshots: list[datetime]) -> pd.Series
     return pd.Series(pd.to_datetime(floored, utc=True), index=times.index)
 
 
+def item_indexes_over(
+    model: RetrievalModel,
+    store: Any,
+    read: FeatureReader,
+    times: Sequence[Any],
+    progress: Callable[[str], None] | None = None,
+) -> Iterator[tuple[Any, ItemIndex]]:
+    """The item index as of each time, oldest first: item embeddings from item features read at that time.
+
+    The one way to retrieve "as of t": candidate generation and the offline replay of the serving stages
+    both go through it, so an item is never described with features from after the moment judged.
+    """
+    catalog = model.catalog
+    ordered = sorted(set(times))
+    per_call = max(1, ITEM_ROWS_PER_READ // max(len(catalog), 1))
+    item_rows_at: dict[Any, pd.DataFrame] = {}
+    for step, when in enumerate(ordered):
+        if progress:
+            progress(f"candidates: snapshot {step + 1}/{len(ordered)}")
+        if when not in item_rows_at:
+            # One feature read covers several snapshot times: each read has a fixed cost of seconds.
+            batch = ordered[step : step + per_call]
+            entity = pd.DataFrame({"item_id": catalog * len(batch), TS: np.repeat(batch, len(catalog))})
+            rows = read(store, entity, TWO_TOWER_FEATURE_SERVICE)
+            for j, t in enumerate(batch):
+                item_rows_at[t] = rows.iloc[j * len(catalog) : (j + 1) * len(catalog)].reset_index(drop=True)
+        item_rows = item_rows_at.pop(when)
+        yield when, ItemIndex.build(model.embed_items(catalog, item_rows), np.arange(len(catalog)))
+
+
 def generate_candidates(
     model: RetrievalModel,
     store: Any,
@@ -68,22 +98,8 @@ def generate_candidates(
     user_rows = read(store, users_at[["user_id", TS]].reset_index(drop=True), TWO_TOWER_FEATURE_SERVICE)
     user_emb = model.embed_users(list(users_at["user_id"]), user_rows)  # (n_users, dim)
     frames = []
-    times = sorted(users_at[TS].unique())
-    per_call = max(1, ITEM_ROWS_PER_READ // max(len(catalog), 1))
-    item_rows_at: dict[Any, pd.DataFrame] = {}
     row_of = {item: i for i, item in enumerate(catalog)}
-    for step, when in enumerate(times):
-        if progress:
-            progress(f"candidates: snapshot {step + 1}/{len(times)}")
-        if when not in item_rows_at:
-            # One feature read covers several snapshot times: each read has a fixed cost of seconds.
-            batch = times[step : step + per_call]
-            entity = pd.DataFrame({"item_id": catalog * len(batch), TS: np.repeat(batch, len(catalog))})
-            rows = read(store, entity, TWO_TOWER_FEATURE_SERVICE)
-            for j, t in enumerate(batch):
-                item_rows_at[t] = rows.iloc[j * len(catalog) : (j + 1) * len(catalog)].reset_index(drop=True)
-        item_rows = item_rows_at.pop(when)
-        index = ItemIndex.build(model.embed_items(catalog, item_rows), np.arange(len(catalog)))
+    for when, index in item_indexes_over(model, store, read, list(users_at[TS].unique()), progress):
         mask = (users_at[TS] == when).to_numpy()
         users = list(users_at["user_id"][mask])
         banned = [{row_of[i] for i in exclude.get(u, set()) if i in row_of} for u in users]
