@@ -264,9 +264,11 @@ def rerank(
     if bonus is not None and np.shape(bonus) != (n,):
         raise RerankError(f"{n} item ids but a bonus of shape {np.shape(bonus)}")
     if not config.enabled:
+        # The ranker's order, ties in input order; only the exclusions apply.
         keep = allowed(item_ids, exclude) if exclude else np.ones(n, dtype=bool)
-        ids = [i for i, ok in zip(item_ids, keep, strict=True) if ok][:k]
-        return ids, scores[keep][:k].tolist()
+        rows = np.flatnonzero(keep)
+        rows = rows[np.argsort(-scores[rows], kind="stable")][:k]
+        return [item_ids[int(r)] for r in rows], scores[rows].tolist()
     rows = np.flatnonzero(allowed(item_ids, set(config.blocklist).union(exclude)))
     kept_ids = [item_ids[int(r)] for r in rows]
     kept_scores = scores[rows]

@@ -116,6 +116,12 @@ def test_disabled_config_only_removes_exclusions() -> None:
     assert rerank(IDS, SCORES, ItemInfo(), config, exclude={"a"}, k=1) == (["b"], [0.95])
 
 
+def test_disabled_config_returns_the_rankers_order_not_the_input_order() -> None:
+    config = RerankConfig(enabled=False)
+    ids, scores = rerank(["x", "y", "z", "w"], [0.1, 0.9, 0.5, 0.9], ItemInfo(), config, exclude={"z"}, k=3)
+    assert ids == ["y", "w", "x"] and scores == [0.9, 0.9, 0.1]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
