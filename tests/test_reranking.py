@@ -118,7 +118,8 @@ def test_disabled_config_only_removes_exclusions() -> None:
 
 def test_disabled_config_returns_the_rankers_order_not_the_input_order() -> None:
     config = RerankConfig(enabled=False)
-    ids, scores = rerank(["x", "y", "z", "w"], [0.1, 0.9, 0.5, 0.9], ItemInfo(), config, exclude={"z"}, k=3)
+    scores_in = np.array([0.1, 0.9, 0.5, 0.9])
+    ids, scores = rerank(["x", "y", "z", "w"], scores_in, ItemInfo(), config, exclude={"z"}, k=3)
     assert ids == ["y", "w", "x"] and scores == [0.9, 0.9, 0.1]
 
 
