@@ -98,34 +98,54 @@ def build_store(state: StateDir, cfg: FeaturesConfig) -> feast.FeatureStore:
 
 
 def _definitions(offline_dir: Path) -> list[Any]:
-    """The feature_repo objects, with their file sources pointed at ``offline_dir``.
+    """Every Feast object of the ``feature_repo`` package, with file sources pointed at ``offline_dir``.
 
     The modules fix their source paths when first imported; a process may build stores for several state
-    directories, so the sources are re-pointed here rather than trusted.
+    directories, so the sources are re-pointed here rather than trusted. A new module in ``feature_repo``
+    is picked up without changes here, as `feast apply` would.
     """
-    from feast import FeatureView, FileSource
+    import importlib
+    import pkgutil
 
-    from feature_repo import data_sources, entities, feature_services, feature_views
+    from feast import Entity, FeatureService, FeatureView, FileSource, OnDemandFeatureView, PushSource
 
-    sources: dict[str, FileSource] = {}
-    for source in (data_sources.user_features_source, data_sources.item_features_source):
-        moved = FileSource.from_proto(source.to_proto())
-        moved.file_options.uri = str(offline_dir / Path(source.path).name)
-        sources[source.name] = moved
-    views = []
-    for view in (feature_views.user_stats, feature_views.item_stats):
-        assert view.batch_source is not None
-        proto = view.to_proto()
-        proto.spec.batch_source.CopyFrom(sources[view.batch_source.name].to_proto())
-        views.append(FeatureView.from_proto(proto))
-    return [
-        entities.user,
-        entities.item,
-        *sources.values(),
-        *views,
-        feature_services.two_tower_v1,
-        feature_services.ranker_v1,
-    ]
+    import feature_repo
+
+    kinds = (Entity, FileSource, PushSource, FeatureView, OnDemandFeatureView, FeatureService)
+    found: dict[tuple[type, str], Any] = {}
+    for module_info in pkgutil.iter_modules(feature_repo.__path__):
+        module = importlib.import_module(f"feature_repo.{module_info.name}")
+        for value in vars(module).values():
+            if isinstance(value, kinds):
+                found.setdefault((type(value), value.name), value)
+
+    def moved(source: FileSource) -> FileSource:
+        copy: FileSource = FileSource.from_proto(source.to_proto())
+        copy.file_options.uri = str(offline_dir / Path(source.path).name)
+        return copy
+
+    objects: list[Any] = []
+    for value in found.values():
+        if isinstance(value, FileSource):
+            value = moved(value)
+        elif isinstance(value, PushSource):
+            assert isinstance(value.batch_source, FileSource)
+            value = PushSource(
+                name=value.name,
+                batch_source=moved(value.batch_source),
+                description=value.description,
+                tags=value.tags,
+                owner=value.owner,
+            )
+        elif isinstance(value, FeatureView) and isinstance(value.batch_source, FileSource):
+            proto = value.to_proto()
+            proto.spec.batch_source.CopyFrom(moved(value.batch_source).to_proto())
+            if value.stream_source is not None and isinstance(value.stream_source, PushSource):
+                stream = proto.spec.stream_source
+                stream.batch_source.CopyFrom(moved(value.batch_source).to_proto())
+            value = FeatureView.from_proto(proto)
+        objects.append(value)
+    return objects
 
 
 def apply_definitions(store: feast.FeatureStore) -> None:
