@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from saving import run_meta, save
 
 
 def _child(n_users: int) -> None:
@@ -89,14 +87,7 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1])
     command = "python benchmarks/ingest.py --users " + " ".join(map(str, args.users))
-    meta = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "command": command,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps({**meta, "runs": rows}, indent=2) + "\n")
+    meta = run_meta(command)
     lines = [
         "# Ingest + clean of a simulated log",
         "",
@@ -116,7 +107,7 @@ def main() -> None:
             f"| {r['events_per_s']:,} "
             f"| {r['peak_rss_mib']:,} |"
         )
-    (RESULTS / "ingest.md").write_text("\n".join(lines) + "\n")
+    save("ingest", {**meta, "runs": rows}, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -13,18 +13,16 @@ Usage: `python benchmarks/loop.py [--set section.key=value ...]`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from saving import run_meta, save
+
 from monitoring.loop_scenario import Turn, run_turns
 from recsys.config import REPO_ROOT
 
-RESULTS = Path(__file__).parent / "results"
 CONFIG = REPO_ROOT / "configs" / "loop_simulated.yaml"
 DATES = [datetime(2024, 1, day, tzinfo=UTC) for day in (15, 22, 29)]
 DRIFT_METRICS = ("feature_psi.device_type", "feature_psi.item_popularity_bucket", "score_psi.retrieval")
@@ -104,17 +102,9 @@ def main() -> None:
         turns = run_turns(CONFIG, Path(tmp) / "state", DATES, args.overrides)
     rows = [figures(t) for t in turns]
     command = " ".join(["python benchmarks/loop.py", *(f"--set {o}" for o in args.overrides)])
-    meta = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "command": command,
-        "config": "configs/loop_simulated.yaml",
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "loop.json").write_text(json.dumps({**meta, "turns": rows}, indent=2, default=str) + "\n")
+    meta = run_meta(command, config="configs/loop_simulated.yaml")
     text = markdown(meta, rows)
-    (RESULTS / "loop.md").write_text(text)
+    save("loop", {**meta, "turns": rows}, text)
     print(text)
     failed = [t for t in turns if t.exit_code != 0]
     for turn in failed:

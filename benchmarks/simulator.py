@@ -9,16 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from saving import run_meta, save
+
 SCALES = {"small": (100_000, 10_000), "full": (1_000_000, 100_000)}
 
 
@@ -68,14 +67,7 @@ def main() -> None:
         )
         rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
     command = "python benchmarks/simulator.py" + (" --small-only" if args.small_only else "")
-    meta = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "command": command,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "simulator.json").write_text(json.dumps({**meta, "runs": rows}, indent=2) + "\n")
+    meta = run_meta(command)
     lines = [
         "# Simulator throughput",
         "",
@@ -89,7 +81,7 @@ def main() -> None:
             f"| {name} | {r['n_users']:,} | {r['n_items']:,} | {r['n_events']:,} | {r['seconds']} "
             f"| {r['events_per_s']:,} | {r['peak_rss_mib']:,} |"
         )
-    (RESULTS / "simulator.md").write_text("\n".join(lines) + "\n")
+    save("simulator", {**meta, "runs": rows}, "\n".join(lines))
     print("\n".join(lines))
 
 
