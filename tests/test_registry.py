@@ -28,21 +28,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_register_sets_champion_and_load_resolves_it(state: StateDir, tmp_path: Path) -> None:
     with pytest.raises(MissingStateError, match="no champion"):
         load_champion(state, "recsys-test")
-    versions = []
-    for n in (1, 2):
-        artefacts = tmp_path / f"art{n}"
-        artefacts.mkdir()
-        (artefacts / "weights.txt").write_text(f"model {n}")
-        _, version = log_and_register(
-            state,
-            model_name="recsys-test",
-            kind="ranking",
-            artifact_dir=artefacts,
-            params={"n": n},
-            metrics={"score": 0.5 * n},
-            tags={"dataset_version": "v1", "feature_service": "ranker_v1"},
-        )
-        versions.append(version)
+    tags = {"dataset_version": "v1", "feature_service": "ranker_v1"}
+    versions = [_register(state, tmp_path, n, CHAMPION, {"score": 0.5 * n}, tags) for n in (1, 2)]
     directory, version = load_champion(state, "recsys-test")
     assert version == versions[-1] == "2"
     assert (directory / "weights.txt").read_text() == "model 2"
@@ -54,7 +41,14 @@ def test_register_sets_champion_and_load_resolves_it(state: StateDir, tmp_path: 
     assert run.data.tags["dataset_version"] == "v1" and run.data.tags["feature_service"] == "ranker_v1"
 
 
-def _register(state: StateDir, tmp_path: Path, n: int, alias: str) -> str:
+def _register(
+    state: StateDir,
+    tmp_path: Path,
+    n: int,
+    alias: str,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
     artefacts = tmp_path / f"alias{n}"
     artefacts.mkdir()
     (artefacts / "weights.txt").write_text(f"model {n}")
@@ -64,8 +58,8 @@ def _register(state: StateDir, tmp_path: Path, n: int, alias: str) -> str:
         kind="ranking",
         artifact_dir=artefacts,
         params={"n": n},
-        metrics={},
-        tags={"dataset_version": "v1"},
+        metrics=metrics or {},
+        tags=tags or {"dataset_version": "v1"},
         alias=alias,
     )
     return version
