@@ -15,8 +15,9 @@ request, for the gate's latency check.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,8 +72,8 @@ class PointInTimeReader:
 
 
 class AsOfRetrieval:
-    """The retrieval model as of a window start: searches the item index as of that start (`as_of_index`,
-    set by the caller per start time) and excludes only the items of the user's earlier history.
+    """The retrieval model as of a window start: searches the item index as of that start (given with
+    `with model.as_of(index):` per start time) and excludes only the items of the user's earlier history.
 
     Delegates everything else to the served model (same weights, same fallback).
     """
@@ -83,7 +84,16 @@ class AsOfRetrieval:
         self._row = {item: row for row, item in enumerate(model.catalog)}
         # The saved index describes items as of the end of training: searching it for an earlier window
         # would describe items with features from after the moment judged.
-        self.as_of_index: Any = None
+        self._index: Any = None
+
+    @contextlib.contextmanager
+    def as_of(self, index: Any) -> Iterator[None]:
+        """Search `index` inside the block; outside any block, retrieval refuses to use a stale one."""
+        self._index = index
+        try:
+            yield
+        finally:
+            self._index = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
@@ -104,9 +114,9 @@ class AsOfRetrieval:
     ) -> tuple[list[str], np.ndarray]:
         query = self._model.embed_users([user_id], pd.DataFrame([dict(user_features)]))  # (1, dim)
         banned = {self._row[i] for i in self._history.get(user_id, ()) if i in self._row}
-        if self.as_of_index is None:
-            raise RuntimeError("AsOfRetrieval.retrieve needs as_of_index set for the user's window start")
-        ids, scores = self.as_of_index.search(query, n, exclude=[banned])
+        if self._index is None:
+            raise RuntimeError("AsOfRetrieval.retrieve runs only inside `with model.as_of(index):`")
+        ids, scores = self._index.search(query, n, exclude=[banned])
         keep = ids[0] >= 0
         return [self._model.catalog[r] for r in ids[0][keep]], scores[0][keep]
 
@@ -161,9 +171,9 @@ def run_replay(config: PipelineConfig, window: EvalWindow, ref: str, k: int) -> 
     for when, index in item_indexes_over(
         retrieval.model, window.store, historical_features, list(users_at["event_timestamp"].unique())
     ):
-        retrieval.model.as_of_index = index
-        for user in users_at.loc[users_at["event_timestamp"] == when, "user_id"]:
-            first[user] = retrieval.candidates(user, n, k)
+        with retrieval.model.as_of(index):
+            for user in users_at.loc[users_at["event_timestamp"] == when, "user_id"]:
+                first[user] = retrieval.candidates(user, n, k)
     for user in map(str, window.users):  # users without a window start (none expected) get the fallback
         if user not in first:
             first[user] = retrieval.candidates(user, n, k)
