@@ -74,6 +74,21 @@ class SplitConfig(_Frozen):
     test_days: float = Field(default=7.0, gt=0)
 
 
+class IndexConfig(_Frozen):
+    """How the item index is built: exact search for small catalogues, IVF (approximate) above."""
+
+    # Exact inner-product search below this many items; an inverted-file index at or above it.
+    exact_below: int = Field(default=100_000, ge=1)
+    # IVF lists; 0 picks 4 x sqrt(n items), FAISS's usual range.
+    nlist: int = Field(default=0, ge=0)
+    # Lists searched per query: recall against speed (benchmarks/index.py measures both).
+    nprobe: int = Field(default=32, ge=1)
+    # Vectors k-means sees per list when training the coarse quantiser (FAISS warns below 39).
+    train_points_per_list: int = Field(default=64, ge=39)
+    # Search on GPU when FAISS has GPU support and a GPU is visible ("auto"), always, or never.
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+
+
 class TwoTowerConfig(_Frozen):
     embedding_dim: int = Field(default=64, ge=4)
     hidden_dim: int = Field(default=128, ge=4)
@@ -87,6 +102,7 @@ class TwoTowerConfig(_Frozen):
     num_workers: int = Field(default=1, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     seed: int = 0
+    index: IndexConfig = IndexConfig()
 
 
 class RankerConfig(_Frozen):

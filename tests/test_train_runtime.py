@@ -62,6 +62,19 @@ def test_retrieve_scores_match_the_towers(tmp_path: Path) -> None:
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_new_items_become_retrievable_without_a_rebuild(tmp_path: Path) -> None:
+    model = _retrieval(tmp_path)
+    features = pd.DataFrame({"item_genre_vector": [[1.0] + [0.0] * (len(GENRES) - 1)] * 2})
+    assert model.add_items(["new", "i1"], features) == 1  # i1 is in the catalogue already
+    assert model.add_items(["new"], features.iloc[:1]) == 0
+    assert model.catalog[-1] == "new" and len(model.index) == len(CATALOG) + 1
+    query = model.embed_users(["stranger"], pd.DataFrame([{}]))
+    expected = model.embed_items(["new"], features.iloc[:1]) @ query[0]
+    items, scores = model.retrieve("stranger", {}, len(CATALOG) + 1)
+    assert "new" in items
+    np.testing.assert_allclose(scores[items.index("new")], expected[0], rtol=1e-5, atol=1e-6)
+
+
 def test_popular_fallback(tmp_path: Path) -> None:
     model = _retrieval(tmp_path)
     items, scores = model.popular(2)

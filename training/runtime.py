@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recsys.config import IndexConfig
 from recsys.vocab import GENRES
 from training.calibration import CALIBRATION_FILE, CalibrationError, PlattCalibrator
 from training.index import ItemIndex
@@ -71,6 +72,7 @@ def write_retrieval_artifacts(
     item_embeddings: np.ndarray,
     seen: Mapping[str, list[str]],
     popularity: list[tuple[str, float]],
+    index_config: IndexConfig | None = None,
 ) -> None:
     """Write everything RetrievalModel.load needs into `directory`.
 
@@ -89,7 +91,7 @@ def write_retrieval_artifacts(
     (directory / "item_ids.json").write_text(json.dumps(item_ids))
     (directory / "catalog_item_ids.json").write_text(json.dumps(catalog_item_ids))
     np.save(directory / "item_embeddings.npy", np.asarray(item_embeddings, dtype=np.float32))
-    ItemIndex.build(item_embeddings, np.arange(len(catalog_item_ids))).save(directory / "index")
+    ItemIndex.build(item_embeddings, np.arange(len(catalog_item_ids)), index_config).save(directory / "index")
     (directory / "seen.json").write_text(json.dumps({u: sorted(items) for u, items in seen.items()}))
     (directory / "popularity.json").write_text(json.dumps([[i, float(s)] for i, s in popularity]))
     names = {
@@ -182,6 +184,25 @@ class RetrievalModel:
         ids, scores = self.index.search(query, n, exclude=[rows])
         keep = ids[0] >= 0
         return [self.catalog[r] for r in ids[0][keep]], scores[0][keep]
+
+    def add_items(self, item_ids: list[str], features: pd.DataFrame) -> int:
+        """Make new catalogue items retrievable without a rebuild; returns how many were new.
+
+        Items unseen in training have no ID embedding: the item tower places them by their features
+        alone, so they are found by users whose taste matches those features.
+        """
+        new = [i for i in dict.fromkeys(item_ids) if i not in self._catalog_row]
+        if not new:
+            return 0
+        rows = features.reset_index(drop=True)
+        position = {item: j for j, item in enumerate(item_ids)}
+        embeddings = self.embed_items(new, rows.iloc[[position[i] for i in new]].reset_index(drop=True))
+        start = len(self.catalog)
+        self.index.add(embeddings, np.arange(start, start + len(new)))
+        self.catalog.extend(new)
+        self._catalog_row.update({item: start + j for j, item in enumerate(new)})
+        self.item_embeddings = np.concatenate([self.item_embeddings, embeddings])
+        return len(new)
 
     def popular(self, n: int, exclude: set[str] | None = None) -> tuple[list[str], np.ndarray]:
         """The n most popular items (the fallback), skipping `exclude`."""

@@ -216,6 +216,7 @@ def run_train(
                 item_emb,
                 {u: sorted(s) for u, s in ex.items_by_user(dataset.events).items()},
                 ex.popularity(dataset.events),
+                config.two_tower.index,
             )
             retrieval = RetrievalModel.load(tower_dir, "candidate")
 
