@@ -77,7 +77,12 @@ def write_snapshots(offline: Path, n_users: int, n_items: int, seed: int = 0) ->
                 for key, value in columns.items()
             }
         )
-        pq.write_table(table.cast(layout), offline / name)
+        # Features this benchmark does not set (views added later) are null.
+        for field in layout:
+            if field.name not in table.column_names:
+                table = table.append_column(field.name, pa.nulls(len(table), field.type))
+        pq.write_table(table.select(layout.names).cast(layout), offline / name)
+    pq.write_table(schema.coview_schema().empty_table(), offline / schema.COVIEW_FILE)
 
 
 def _median_ms(samples: list[float]) -> float:

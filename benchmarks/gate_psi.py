@@ -36,11 +36,15 @@ def measure(state_dir: Path, config: Path | None, seeds: list[int]) -> dict[str,
     n = cfg.ranker.n_candidates
     validation = load_window(cfg, None, "validation")
     rows = score_system(cfg, validation, "champion", n).ranked
-    matrix, sizes, _ = ranker_inputs(validation.store, historical_features, rows[COLUMNS])
+    matrix, sizes, _ = ranker_inputs(
+        validation.store, historical_features, rows[COLUMNS], cfg.ranker.feature_service
+    )
     labels = ex.candidate_labels(rows, validation.relevant)
     test = load_window(cfg, None, "test")
     champion = score_system(cfg, test, "champion", n).ranked
-    requests, _, _ = ranker_inputs(test.store, historical_features, champion[COLUMNS])
+    requests, _, _ = ranker_inputs(
+        test.store, historical_features, champion[COLUMNS], cfg.ranker.feature_service
+    )
     reference_raw = champion["rank_score"].to_numpy()
     reference = champion["rank_probability"].to_numpy()
     variants = [(f"ranker.seed={s}", labels, s) for s in seeds]

@@ -53,7 +53,8 @@ def _run(name: str, stage: Callable[[], Any]) -> Any:
     console.rule(f"[bold]{name}")
     try:
         result = stage()
-    except (MissingStateError, ValueError, FileNotFoundError, FileExistsError) as err:
+    # ConnectionError: a store the stage needs is down (recsys.features.store.FeatureStoreUnavailable).
+    except (MissingStateError, ValueError, FileNotFoundError, FileExistsError, ConnectionError) as err:
         console.print(f"[red]error in {name}:[/red] {err}")
         raise typer.Exit(1) from None
     console.print(f"[green]{name} done[/green] in {time.perf_counter() - started:.1f} s")
@@ -83,8 +84,31 @@ def ingest(
     _run("split", lambda: run_split(cfg, summary.dataset_version))
 
 
-@app.command()
+features_app = typer.Typer(
+    help="Batch features: `recsys features` (or `features build`) computes, registers and loads them; "
+    "`features materialize` loads the online store alone.",
+    invoke_without_command=True,
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.callback()
 def features(
+    ctx: typer.Context,
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    dataset_version: str | None = VersionOption,
+) -> None:
+    """Compute batch features with Spark, `feast apply`, and materialise them into the online store."""
+    if ctx.invoked_subcommand is None:
+        features_build(config, set_, dataset_version)
+    else:
+        # `recsys features --config X materialize` means the same as `features materialize --config X`.
+        ctx.obj = (config, set_)
+
+
+@features_app.command("build")
+def features_build(
     config: Path | None = ConfigOption,
     set_: list[str] | None = SetOption,
     dataset_version: str | None = VersionOption,
@@ -94,6 +118,41 @@ def features(
 
     cfg = _config(config, set_)
     _run("features", lambda: run_features(cfg, dataset_version))
+
+
+@features_app.command("materialize")
+def features_materialize(
+    ctx: typer.Context,
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    end: datetime | None = typer.Option(
+        None, "--end", help="Newest snapshot time to load, UTC (default: the newest in the offline tables)."
+    ),
+    full: bool = typer.Option(
+        False, "--full", help="Read the whole history: after a rebuild, or to reload the store as of --end."
+    ),
+) -> None:
+    """Load the online store from the offline tables since the last load; safe to rerun after a crash.
+
+    Reads from the watermark, or the oldest row created since; all history after a rebuild or --full.
+    """
+    from recsys.features.materialization import materialize_online
+    from recsys.state import StateDir
+
+    parent_config, parent_set = ctx.obj if isinstance(ctx.obj, tuple) else (None, None)
+    cfg = _config(config or parent_config, [*(parent_set or []), *(set_ or [])])
+    state = StateDir(cfg.state_dir)
+
+    def materialize_and_pack() -> Any:
+        from recsys.features.packed_store import pack_services
+        from recsys.features.store import build_store
+
+        summary = materialize_online(state, cfg.features, end, full)
+        # Serving reads the packed copy of the online values: it follows every materialisation.
+        pack_services(build_store(state, cfg.features))
+        return summary
+
+    _run("materialize", materialize_and_pack)
 
 
 @app.command()

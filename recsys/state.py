@@ -8,6 +8,7 @@ Layout (all paths below ``root``)::
     splits/<dataset_version>/     train / validation / test events (Parquet); global/ for the global split
     pairs/<dataset_version>/      ranker training pairs, one folder per pairs settings
     offline/                      Feast offline store: batch feature tables (Parquet)
+    content_cache/                item content embeddings by hash of model and text (Parquet parts)
     feast/                        Feast registry and the SQLite online store
     mlflow/                       MLflow tracking database and artefacts
     ray/                          Ray Train run storage while a training job runs
@@ -63,6 +64,11 @@ class StateDir:
     @property
     def feast(self) -> Path:
         return self.root / "feast"
+
+    @property
+    def content_cache(self) -> Path:
+        """Item content embeddings keyed by a hash of model and text, shared by every dataset version."""
+        return self.root / "content_cache"
 
     @property
     def mlflow(self) -> Path:

@@ -1,6 +1,7 @@
 """The Ray Serve application: an HTTP ingress composing retrieval and a batched ranking deployment.
 
-    HTTP -> Ingress (FastAPI; cache, sessions, events, experiments, no repeats, exploration, metrics)
+    HTTP -> Ingress (FastAPI; cache, sessions (pushed to and read from the online store), events,
+                     experiments, no repeats, exploration, metrics)
               -> Retrieval (two-tower + FAISS, user features from Feast; in the ingress process when
                             serve.graph is "fused", its own deployment when "split")
               -> Ranking (@serve.batch: candidate features of the whole batch in one Feast read,
@@ -40,7 +41,7 @@ from serving.recommender import IngressState, LocalRetrieval, Recommender
 from serving.reranking import ItemVectors
 from serving.roles import FeatureReader
 from serving.schemas import request_model
-from serving.session import SessionStore
+from serving.session import SessionStore, SharedSessions
 from serving.shadow import ShadowLog, ShadowScorer
 from serving.stages import RETRIEVAL_FEATURE_SERVICE, Candidates, RankingStage, RetrievalStage
 
@@ -62,9 +63,15 @@ def _reader(config: PipelineConfig) -> FeatureReader:
     settings = config.serve
     if not settings.fast_feature_reads:
         return partial(online_features, store)
-    return OnlineReader(
+    tables = OnlineReader(
         store, cache_ttl_s=settings.item_cache_ttl_s, cache_max_entries=settings.item_cache_max_entries
     )
+    if settings.packed_feature_reads == "off":
+        return tables
+    from recsys.features.packed_store import PackedReader
+
+    local = ("item_id",) if settings.packed_feature_reads == "table" else ()
+    return PackedReader(store, fallback=tables, local_keys=local)
 
 
 def load_retrieval_stage(config: PipelineConfig) -> RetrievalStage:
@@ -78,6 +85,17 @@ def load_retrieval_stage(config: PipelineConfig) -> RetrievalStage:
     stage = RetrievalStage(model, _reader(config), service, config.serve.session_weight)
     stage.warm_up()
     return stage
+
+
+def load_shared_sessions(config: PipelineConfig) -> SharedSessions:
+    """Sessions in the online store of `config` (the `session_recent` view), genres from item features."""
+    from recsys.features.session_online import OnlineSessions, item_genre_lookup
+    from recsys.features.store import build_store
+
+    store = build_store(StateDir(config.state_dir), config.features)
+    sessions = OnlineSessions(store, item_genre_lookup(_reader(config), RETRIEVAL_FEATURE_SERVICE))
+    sessions.items("__warm_up__")  # fails here, once, when the store or the session view is missing
+    return sessions
 
 
 def load_item_vectors(config: PipelineConfig) -> ItemVectors:
@@ -361,6 +379,7 @@ class Ingress:
         settings: ServeConfig,
         state_dir: Path | None = None,
         champion_versions: Callable[[], dict[str, str | None]] | None = None,
+        shared_sessions: Callable[[], SharedSessions] | None = None,
     ) -> None:
         self._settings = settings
         self._request_type = request_model(settings.max_k)
@@ -380,6 +399,11 @@ class Ingress:
             rerank=settings.rerank,
             state=ingress_state(settings, state_dir),
         )
+        if shared_sessions is not None:
+            try:
+                self._recommender.state.shared_sessions = await asyncio.to_thread(shared_sessions)
+            except Exception:
+                logger.exception("online sessions unavailable: this replica keeps sessions of its own")
         await self._recommender.warm_up()
         watcher = self._recommender.state.experiments
         if watcher is not None:
@@ -430,6 +454,7 @@ def build_graph(
     ranking_variant_loader: Callable[[str], RankingStage] | None = None,
     champion_versions: Callable[[], dict[str, str | None]] | None = None,
     shadow_loader: Callable[[], ShadowScorer] | None = None,
+    shared_sessions: Callable[[], SharedSessions] | None = None,
 ) -> serve.Application:
     """The deployment graph over any stage loaders (tests pass small in-process models).
 
@@ -439,23 +464,28 @@ def build_graph(
         champion_versions: The versions the champion aliases name now; the ingress polls it every
             `settings.champion_poll_s` and reloads when one moved. None: no polling.
         shadow_loader: Builds the shadow scorer of the ranking replicas; None: no shadow scoring.
+        shared_sessions: Opens the sessions every ingress replica shares (online store); None: each
+            replica keeps its own.
     """
     ranking = Ranking.options(  # type: ignore[attr-defined]
         max_ongoing_requests=settings.ranking_max_ongoing_requests
     ).bind(ranking_loader, settings, ranking_variant_loader, shadow_loader)
     if settings.graph == "fused":
         ingress = Ingress.options(  # type: ignore[attr-defined]
-            ray_actor_options={"num_cpus": 0.5, "runtime_env": _SINGLE_THREAD}
+            ray_actor_options={"num_cpus": 0.5, "runtime_env": _SINGLE_THREAD},
+            max_ongoing_requests=settings.ingress_max_ongoing_requests,
         )
         return ingress.bind(  # type: ignore[no-any-return]
-            retrieval_loader, ranking, settings, state_dir, champion_versions
+            retrieval_loader, ranking, settings, state_dir, champion_versions, shared_sessions
         )
-    return Ingress.bind(  # type: ignore[attr-defined,no-any-return]
+    split = Ingress.options(max_ongoing_requests=settings.ingress_max_ongoing_requests)  # type: ignore[attr-defined]
+    return split.bind(  # type: ignore[no-any-return]
         Retrieval.bind(retrieval_loader),  # type: ignore[attr-defined]
         ranking,
         settings,
         state_dir,
         champion_versions,
+        shared_sessions,
     )
 
 
@@ -469,6 +499,7 @@ def build_app(config: PipelineConfig) -> serve.Application:
         partial(load_ranking_stage, config),
         partial(registered_champions, config),
         partial(load_shadow_scorer, config) if config.serve.shadow_ranker is not None else None,
+        partial(load_shared_sessions, config),
     )
 
 

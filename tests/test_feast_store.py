@@ -7,10 +7,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import redis
+from factories import write_feature_table
 from feast import FeatureStore
 
 from recsys.config import FeaturesConfig
@@ -67,7 +66,8 @@ def write_offline_tables(state: StateDir) -> None:
         (items, schema.item_features_schema(), schema.ITEM_FEATURES_FILE),
     ):
         columns["created_ts"] = columns["feature_ts"]
-        pq.write_table(pa.table(columns).cast(layout), state.offline / name)
+        write_feature_table(columns, layout, state.offline / name)
+    write_feature_table({}, schema.coview_schema(), state.offline / schema.COVIEW_FILE)
 
 
 @pytest.fixture

@@ -69,8 +69,8 @@ def features(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     items = spark.createDataFrame(
         _items_frame(), "item_id string, categories array<string>, published_at timestamp"
     )
-    users, item_rows = compute_features(spark, events, items, snapshot_every_days=10)
-    return _utc(users.toPandas()), _utc(item_rows.toPandas())
+    frames = compute_features(spark, events, items, snapshot_every_days=10)
+    return _utc(frames.user.toPandas()), _utc(frames.item.toPandas())
 
 
 def _utc(frame: pd.DataFrame) -> pd.DataFrame:
@@ -194,6 +194,25 @@ def test_every_count_uses_only_events_strictly_before_its_snapshot(
     # One row per entity and snapshot from its first event on: u1 5, u2 4, i1 5, i2 5, i3 4.
     assert len(features[0]) == 9
     assert len(features[1]) == 14
+
+
+def test_features_degrade_without_dwell_devices_sessions_durations_or_signups(
+    features: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    # This history has no session_id, device_type or dwell columns, items no duration, and no users table.
+    users, items = features
+    assert users["user_account_age_days"].isna().all()
+    assert users["user_avg_session_minutes_7d"].isna().all()
+    assert (users["user_preferred_device"] == schema.UNKNOWN_DEVICE).all()
+    assert (users[["user_n_sessions_7d", "user_n_sessions_30d"]] == 0).all().all()
+    assert items["item_avg_completion"].isna().all()
+    # Counts that need no session still work: u1's 7-day window [day 3, day 10) holds the view of day 5.
+    assert _row(users, "user_id", "u1", 1).user_n_events_7d == 1
+    # A view of unknown watch fraction weighs as much as a like: u1 at S1 has like i1 (1 over Action and
+    # Comedy) and view i2 (1 on Drama).
+    assert _row(users, "user_id", "u1", 1).user_genre_affinity_30d == pytest.approx(
+        _genres(Action=0.25, Comedy=0.25, Drama=0.5)
+    )
 
 
 def test_unknown_event_types_are_rejected(spark: Any) -> None:

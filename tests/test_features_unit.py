@@ -56,8 +56,16 @@ def test_weights_cover_every_event_type_and_never_go_negative() -> None:
 
 def test_table_layouts_follow_the_contract() -> None:
     user, item = schema.user_features_schema(), schema.item_features_schema()
-    assert user.names == ["user_id", "feature_ts", *schema.USER_FEATURES, "created_ts"]
-    assert item.names == ["item_id", "feature_ts", *schema.ITEM_FEATURES, "created_ts"]
+    user_views = schema.USER_FEATURES + schema.USER_ACTIVITY_FEATURES + schema.USER_CROSS_FEATURES
+    assert user.names == ["user_id", "feature_ts", *user_views, "created_ts"]
+    assert item.names == [
+        "item_id",
+        "feature_ts",
+        *schema.ITEM_FEATURES,
+        *schema.ITEM_ACTIVITY_FEATURES,
+        "created_ts",
+    ]
+    assert schema.coview_schema().names == ["item_id", "feature_ts", *schema.COVIEW_FEATURES, "created_ts"]
     assert str(user.field("user_genre_affinity").type) == "list<item: float>"
     assert str(item.field("item_n_events_365d").type) == "int64"
     assert str(user.field("feature_ts").type) == "timestamp[us, tz=UTC]"

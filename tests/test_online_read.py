@@ -9,10 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import redis
+from factories import write_feature_table
 
 from recsys.config import FeaturesConfig
 from recsys.features import schema
@@ -71,7 +70,8 @@ def write_snapshots(state: StateDir, seed: int = 7, item_rate_offset: float = 0.
         (items, schema.item_features_schema(), schema.ITEM_FEATURES_FILE),
     ):
         columns["created_ts"] = columns["feature_ts"]
-        pq.write_table(pa.table(columns).cast(layout), state.offline / name)
+        write_feature_table(columns, layout, state.offline / name)
+    write_feature_table({}, schema.coview_schema(), state.offline / schema.COVIEW_FILE)
 
 
 def _store(root: Path, kind: str, redis_url: str, seed: int = 7, offset: float = 0.0) -> object:

@@ -215,7 +215,7 @@ def test_similar_and_admin(service: tuple[TestClient, Path], item: str, k: str) 
     _check(response)
     # Header bytes as a client could send them (HTTP forbids CR, LF and NUL in a header value).
     token = f"Bearer {item}".encode().translate(None, b"\r\n\x00")
-    response = client.post("/admin/reload", headers={"authorization": token}, content=k.encode())
+    response = client.post("/admin/reload", headers={b"authorization": token}, content=k.encode())
     _check(response)
     assert response.status_code in (401, 403) or item == TOKEN
 

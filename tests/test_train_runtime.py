@@ -86,7 +86,9 @@ def test_ranking_model_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     features = rng.normal(size=(200, len(RANKER_FEATURE_NAMES))).astype(np.float32)
     labels = (features[:, 0] > 1).astype(np.float32)
-    cfg = RankerConfig(n_candidates=10, n_estimators=10, min_child_samples=2, num_threads=1)
+    cfg = RankerConfig(
+        n_candidates=10, n_estimators=10, min_child_samples=2, num_threads=1, feature_service="ranker_v1"
+    )
     trained = train_ranker(features, labels, np.full(20, 10), cfg)
     write_ranker_artifacts(tmp_path / "rk", trained.booster, trained.calibrator)
     model = RankingModel.load(tmp_path / "rk", "3")

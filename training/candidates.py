@@ -17,10 +17,10 @@ import pandas as pd
 
 from training.index import ItemIndex
 from training.ranker_features import (
-    RANKER_FEATURE_NAMES,
     RANKER_FEATURE_SERVICE,
     USER_COLUMNS,
     build_ranker_matrix,
+    ranker_feature_names,
 )
 from training.runtime import TWO_TOWER_FEATURE_SERVICE, RetrievalModel
 
@@ -122,21 +122,22 @@ def generate_candidates(
 
 
 def ranker_inputs(
-    store: Any, read: FeatureReader, candidates: pd.DataFrame
+    store: Any, read: FeatureReader, candidates: pd.DataFrame, service: str = RANKER_FEATURE_SERVICE
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Ranker matrix for candidate rows (grouped by user), with `ranker_v1` features at each row's time.
+    """Ranker matrix for candidate rows (grouped by user), with `service`'s features at each row's time.
 
     Returns:
         (n_rows, n_features) float32 matrix, group sizes, and the users in group order; rows keep the
         order of `candidates` sorted stably by user.
     """
     if candidates.empty:
-        return np.zeros((0, len(RANKER_FEATURE_NAMES)), dtype=np.float32), np.zeros(0, dtype=np.int64), []
+        empty = np.zeros((0, len(ranker_feature_names(service))), dtype=np.float32)
+        return empty, np.zeros(0, dtype=np.int64), []
     users = list(dict.fromkeys(candidates["user_id"]))
     group = candidates["user_id"].map({u: g for g, u in enumerate(users)}).to_numpy()
     order = np.argsort(group, kind="stable")
     rows = candidates.iloc[order].reset_index(drop=True)
-    features = read(store, rows[["user_id", "item_id", TS]], RANKER_FEATURE_SERVICE).reset_index(drop=True)
+    features = read(store, rows[["user_id", "item_id", TS]], service).reset_index(drop=True)
     if len(features) != len(rows):
         raise ValueError(f"feature store returned {len(features)} rows for {len(rows)} candidates")
     sizes = np.bincount(group[order], minlength=len(users))
@@ -147,7 +148,7 @@ def ranker_inputs(
     for g in range(len(users)):
         block = features.iloc[offsets[g] : offsets[g + 1]]
         user_row = block.iloc[0][user_columns].to_dict() if len(block) else {}
-        blocks.append(build_ranker_matrix(user_row, block, scores[offsets[g] : offsets[g + 1]]))
+        blocks.append(build_ranker_matrix(user_row, block, scores[offsets[g] : offsets[g + 1]], service))
     return np.concatenate(blocks).astype(np.float32), sizes.astype(np.int64), users
 
 

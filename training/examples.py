@@ -10,7 +10,7 @@ import pandas as pd
 from recsys.ingest.leakage import check_feature_rows
 from recsys.vocab import POSITIVE_EVENT_TYPES
 from training.retrieval import TwoTowerExamples
-from training.runtime import item_dense_from_frame, user_dense_from_frame
+from training.runtime import ItemContent, item_dense_from_frame, user_dense_from_frame
 
 
 def positives(events: pd.DataFrame) -> pd.DataFrame:
@@ -29,8 +29,11 @@ def lookup(ids: pd.Series, vocab: list[str]) -> np.ndarray:
     return np.array([rows.get(str(i), 0) for i in ids], dtype=np.int64)
 
 
-def two_tower_examples(rows: pd.DataFrame, users: list[str], items: list[str]) -> TwoTowerExamples:
-    """Model inputs from positive events joined with their point-in-time `two_tower_v1` features.
+def two_tower_examples(
+    rows: pd.DataFrame, users: list[str], items: list[str], content: ItemContent | None = None
+) -> TwoTowerExamples:
+    """Model inputs from positive events joined with their point-in-time `two_tower_v1` features, and
+    with each item's content embedding where it was known at the event (when ``content`` is given).
 
     Raises:
         LeakageError: a feature row's snapshot is newer than its example (or the rows do not say when
@@ -41,7 +44,9 @@ def two_tower_examples(rows: pd.DataFrame, users: list[str], items: list[str]) -
         user_idx=lookup(rows["user_id"], users),
         user_dense=user_dense_from_frame(rows),
         item_idx=lookup(rows["item_id"], items),
-        item_dense=item_dense_from_frame(rows),
+        item_dense=item_dense_from_frame(
+            rows, None if content is None else content.rows(rows["item_id"], as_of=rows["event_timestamp"])
+        ),
     )
 
 

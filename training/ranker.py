@@ -9,7 +9,7 @@ import numpy as np
 
 from recsys.config import RankerConfig
 from training.calibration import PlattCalibrator, fit_platt, logistic
-from training.ranker_features import RANKER_FEATURE_NAMES
+from training.ranker_features import ranker_feature_names
 
 HOLDOUT_FRACTION = 0.2
 EARLY_STOPPING_ROUNDS = 30
@@ -48,15 +48,16 @@ def train_ranker(
     and of the calibrated probability, on those rows, goes into the metrics.
 
     Args:
-        features: (n_rows, len(RANKER_FEATURE_NAMES)) float32.
+        features: (n_rows, len(ranker_feature_names(cfg.feature_service))) float32.
         labels: (n_rows,) 1 for a positive candidate, else 0.
         group_sizes: rows per user, summing to n_rows.
-        cfg: LightGBM settings.
+        cfg: LightGBM settings and the feature service the rows were built for.
     """
     import lightgbm as lgb
 
+    names = ranker_feature_names(cfg.feature_service)
     sizes = np.asarray(group_sizes, dtype=np.int64)
-    if features.shape != (len(labels), len(RANKER_FEATURE_NAMES)) or sizes.sum() != len(labels):
+    if features.shape != (len(labels), len(names)) or sizes.sum() != len(labels):
         raise RankerDataError(
             f"ranker data mismatch: features {features.shape}, labels {len(labels)}, groups sum {sizes.sum()}"
         )
@@ -100,9 +101,7 @@ def train_ranker(
         "verbosity": -1,
     }
     fit_rows, holdout_rows = rows_of(fit), rows_of(holdout)
-    fit_set = lgb.Dataset(
-        features[fit_rows], labels[fit_rows], group=sizes[fit], feature_name=list(RANKER_FEATURE_NAMES)
-    )
+    fit_set = lgb.Dataset(features[fit_rows], labels[fit_rows], group=sizes[fit], feature_name=list(names))
     valid: dict[str, Any] = {}
     if len(holdout):
         holdout_set = lgb.Dataset(

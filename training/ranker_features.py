@@ -6,16 +6,24 @@ code path, so the ranker never sees a feature computed two ways.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from recsys.features.schema import ITEM_FEATURES, USER_FEATURES
-from recsys.vocab import GENRES
+from recsys.features.coview import coview_scores
+from recsys.features.schema import (
+    ITEM_FEATURES,
+    USER_ACTIVITY_FEATURES,
+    USER_CROSS_FEATURES,
+    USER_FEATURES,
+)
+from recsys.vocab import DEVICE_TYPES, GENRES
 
+# The first ranker's service; a model records the service it was trained on (RankerConfig.feature_service).
 RANKER_FEATURE_SERVICE = "ranker_v1"
+RANKER_V2_SERVICE = "ranker_v2"
 
 RANKER_FEATURE_NAMES: tuple[str, ...] = (
     "retrieval_score",
@@ -37,14 +45,51 @@ RANKER_FEATURE_NAMES: tuple[str, ...] = (
     "genre_affinity_max",  # the user's affinity for the item's best-liked genre
     "genre_affinity_mean",  # dot divided by the item's genre count
 )
+# What ranker_v2 adds, after the ranker_v1 columns.
+RANKER_V2_EXTRA_NAMES: tuple[str, ...] = (
+    "user_log_n_events_7d",
+    "user_log_n_sessions_30d",
+    "user_n_active_days_30d",
+    "user_account_age_days",
+    "user_avg_session_minutes_7d",
+    "user_device",  # index in recsys.vocab.DEVICE_TYPES; NaN when unknown
+    "item_log_popularity_7d",
+    "item_avg_completion",
+    "genre_affinity_30d_dot",  # 30-day affinity (the spec's weights) . item genres
+    "recency_affinity_dot",  # recency-weighted affinity . item genres
+    "recency_affinity_max",
+    "category_affinity_mean",  # the user's shrunk positive rate, averaged over the item's genres
+    "category_affinity_max",
+    "coview_log_score",  # log1p of the candidate's co-views with the user's recent items
+    "coview_share",  # that count over all of the candidate's listed co-views
+)
+RANKER_FEATURES_BY_SERVICE: dict[str, tuple[str, ...]] = {
+    RANKER_FEATURE_SERVICE: RANKER_FEATURE_NAMES,
+    RANKER_V2_SERVICE: RANKER_FEATURE_NAMES + RANKER_V2_EXTRA_NAMES,
+}
 
-# The columns the feature service `ranker_v1` serves: named once, where the offline tables are defined.
-USER_COLUMNS: tuple[str, ...] = USER_FEATURES
+# The user columns the ranker services serve (a frame of ranker_v1 simply lacks the later ones): named
+# once, where the offline tables are defined.
+USER_COLUMNS: tuple[str, ...] = USER_FEATURES + USER_ACTIVITY_FEATURES + USER_CROSS_FEATURES
 ITEM_COLUMNS: tuple[str, ...] = ITEM_FEATURES
 
 
 class RankerFeatureError(ValueError):
     """Inputs to the ranker transform that do not line up."""
+
+
+def ranker_feature_names(service: str) -> tuple[str, ...]:
+    """The matrix columns a ranker trained on ``service`` takes.
+
+    >>> ranker_feature_names("ranker_v2")[-1]
+    'coview_share'
+    """
+    try:
+        return RANKER_FEATURES_BY_SERVICE[service]
+    except KeyError:
+        raise RankerFeatureError(
+            f"unknown ranker feature service {service!r}; known: {sorted(RANKER_FEATURES_BY_SERVICE)}"
+        ) from None
 
 
 def _scalar(value: Any) -> float:
@@ -67,6 +112,13 @@ def _genre_vector(value: Any) -> np.ndarray:
     return vector
 
 
+def _known_genre_vector(value: Any) -> np.ndarray | None:
+    """A genre list as a float vector, or None when missing (unlike ``_genre_vector``, which gives zeros)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return _genre_vector(value)
+
+
 def _log1p_scalar(value: float) -> float:
     return float(np.log1p(max(value, 0.0))) if not np.isnan(value) else float("nan")
 
@@ -76,26 +128,32 @@ def _log1p(values: np.ndarray) -> np.ndarray:
 
 
 def build_ranker_matrix(
-    user: Mapping[str, Any], items: pd.DataFrame, retrieval_scores: np.ndarray
+    user: Mapping[str, Any],
+    items: pd.DataFrame,
+    retrieval_scores: np.ndarray,
+    service: str = RANKER_FEATURE_SERVICE,
 ) -> np.ndarray:
-    """Ranker input for one user's candidates, columns in RANKER_FEATURE_NAMES order.
+    """Ranker input for one user's candidates, columns in ``ranker_feature_names(service)`` order.
 
     Args:
         user: the user's feature row (USER_COLUMNS; missing keys or nulls mean unknown).
-        items: one row per candidate with ITEM_COLUMNS (missing columns or nulls mean unknown).
+        items: one row per candidate with the service's item features (missing columns or nulls mean
+            unknown).
         retrieval_scores: (n_candidates,) retrieval scores in the same order as `items`.
+        service: the feature service the ranker was trained on.
 
     Returns:
-        (n_candidates, len(RANKER_FEATURE_NAMES)) float32 matrix; unknown values are NaN.
+        (n_candidates, len(ranker_feature_names(service))) float32 matrix; unknown values are NaN.
     """
+    names = ranker_feature_names(service)
     scores = np.asarray(retrieval_scores, dtype=np.float32).ravel()
     n = len(items)
     if len(scores) != n:
         raise RankerFeatureError(f"{len(scores)} retrieval scores for {n} candidate items")
-    out = np.full((n, len(RANKER_FEATURE_NAMES)), np.nan, dtype=np.float32)
+    out = np.full((n, len(names)), np.nan, dtype=np.float32)
     if n == 0:
         return out
-    col = {name: i for i, name in enumerate(RANKER_FEATURE_NAMES)}
+    col = {name: i for i, name in enumerate(names)}
 
     order = np.argsort(-scores, kind="stable")
     rank = np.empty(n, dtype=np.float32)
@@ -141,4 +199,54 @@ def build_ranker_matrix(
     out[:, col["genre_affinity_mean"]] = np.divide(
         dot, n_genres, out=np.zeros(n, dtype=np.float32), where=n_genres > 0
     )
+    if service == RANKER_V2_SERVICE:
+        _v2_columns(out, col, user, items, genres, item_column)
     return out
+
+
+def _v2_columns(
+    out: np.ndarray,
+    col: Mapping[str, int],
+    user: Mapping[str, Any],
+    items: pd.DataFrame,
+    genres: np.ndarray,
+    item_column: Callable[[str], np.ndarray],
+) -> None:
+    """Fill ranker_v2's extra columns of ``out`` in place; ``genres`` is the (n, n_genres) multi-hot."""
+    n = len(items)
+    out[:, col["user_log_n_events_7d"]] = _log1p_scalar(_scalar(user.get("user_n_events_7d")))
+    out[:, col["user_log_n_sessions_30d"]] = _log1p_scalar(_scalar(user.get("user_n_sessions_30d")))
+    out[:, col["user_n_active_days_30d"]] = _scalar(user.get("user_n_active_days_30d"))
+    out[:, col["user_account_age_days"]] = _scalar(user.get("user_account_age_days"))
+    out[:, col["user_avg_session_minutes_7d"]] = _scalar(user.get("user_avg_session_minutes_7d"))
+    device = user.get("user_preferred_device")
+    out[:, col["user_device"]] = DEVICE_TYPES.index(device) if device in DEVICE_TYPES else np.nan
+    out[:, col["item_log_popularity_7d"]] = _log1p(item_column("item_popularity_7d"))
+    out[:, col["item_avg_completion"]] = item_column("item_avg_completion")
+
+    has_genre = genres > 0  # (n, n_genres)
+    n_genres = has_genre.sum(axis=1)  # (n,)
+    recent = _known_genre_vector(user.get("user_genre_affinity_30d"))
+    if recent is not None:
+        out[:, col["genre_affinity_30d_dot"]] = genres @ recent
+    recency = _known_genre_vector(user.get("user_recency_affinity"))
+    if recency is not None:
+        out[:, col["recency_affinity_dot"]] = genres @ recency
+        out[:, col["recency_affinity_max"]] = np.where(has_genre, recency[None, :], 0.0).max(axis=1)
+    category = _known_genre_vector(user.get("user_category_affinity"))
+    if category is not None:
+        # Undefined (NaN) for an item without genres: a rate is not zero just because nothing applies.
+        total = np.where(has_genre, category[None, :], 0.0).sum(axis=1)  # (n,)
+        best = np.where(has_genre, category[None, :], -np.inf).max(axis=1)  # (n,)
+        out[:, col["category_affinity_mean"]] = np.where(
+            n_genres > 0, total / np.maximum(n_genres, 1), np.nan
+        )
+        out[:, col["category_affinity_max"]] = np.where(n_genres > 0, best, np.nan)
+    empty = pd.Series([None] * n, dtype=object)
+    score, share = coview_scores(
+        user.get("user_recent_items"),
+        items["item_coview_items"] if "item_coview_items" in items.columns else empty,
+        items["item_coview_counts"] if "item_coview_counts" in items.columns else empty,
+    )
+    out[:, col["coview_log_score"]] = np.log1p(score)
+    out[:, col["coview_share"]] = share

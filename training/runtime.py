@@ -19,12 +19,21 @@ from recsys.config import IndexConfig
 from recsys.vocab import GENRES
 from training.calibration import CALIBRATION_FILE, CalibrationError, PlattCalibrator
 from training.index import ItemIndex
-from training.ranker_features import RANKER_FEATURE_NAMES, RANKER_FEATURE_SERVICE, build_ranker_matrix
+from training.ranker_features import (
+    RANKER_FEATURE_SERVICE,
+    RankerFeatureError,
+    build_ranker_matrix,
+    ranker_feature_names,
+)
 from training.two_tower import TwoTowerModelConfig, item_dense_features, user_dense_features
 
 TWO_TOWER_FEATURE_SERVICE = "two_tower_v1"
 TWO_TOWER_USER_FEATURES: tuple[str, ...] = ("user_genre_affinity", "user_n_events")
 TWO_TOWER_ITEM_FEATURES: tuple[str, ...] = ("item_genre_vector", "item_n_events_365d", "item_age_days")
+# The item tower's content input (recsys/features/content.py), read as a service like every feature.
+ITEM_CONTENT_FEATURE_SERVICE = "item_content_v1"
+ITEM_CONTENT_FEATURE = "item_content_embedding"
+ITEM_CONTENT_TS = "item_content__feature_ts"
 RANKER_MODEL_FILE = "ranker.txt"
 
 
@@ -56,10 +65,95 @@ def user_dense_from_frame(frame: pd.DataFrame) -> np.ndarray:
     return user_dense_features(genres, _column(frame, "user_n_events"))
 
 
-def item_dense_from_frame(frame: pd.DataFrame) -> np.ndarray:
-    """The item tower's dense input from rows of `two_tower_v1` item features."""
+def item_dense_from_frame(frame: pd.DataFrame, content: np.ndarray | None = None) -> np.ndarray:
+    """The item tower's dense input from rows of `two_tower_v1` item features, and the rows' content
+    embeddings (from :meth:`ItemContent.rows`) for a model that reads them."""
     genres = _genre_matrix(frame.get("item_genre_vector", pd.Series([None] * len(frame))), len(frame))
-    return item_dense_features(genres, _column(frame, "item_n_events_365d"), _column(frame, "item_age_days"))
+    return item_dense_features(
+        genres, _column(frame, "item_n_events_365d"), _column(frame, "item_age_days"), content
+    )
+
+
+def _epoch_us(times: pd.Series) -> np.ndarray:
+    """UTC times as int64 microseconds since the epoch."""
+    return np.asarray((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1), dtype=np.int64)
+
+
+class ItemContent:
+    """Item content embeddings by item id, each with the time it became known (`item_content_v1`).
+
+    Content does not change, so a model keeps the table of its catalogue beside its weights and looks
+    vectors up by id; an item it lacks is read from the features given (a new item), else it is zeros.
+    """
+
+    VECTORS_FILE = "item_content.npy"
+    IDS_FILE = "item_content_ids.json"
+    TIMES_FILE = "item_content_ts.npy"
+
+    def __init__(self, item_ids: list[str], vectors: np.ndarray, known_at_us: np.ndarray) -> None:
+        if not (len(item_ids) == len(vectors) == len(known_at_us)):
+            raise ValueError("item content ids, vectors and times must have the same length")
+        self.item_ids = [str(i) for i in item_ids]
+        self.vectors = np.asarray(vectors, dtype=np.float32).reshape(len(item_ids), -1)  # (n, dim)
+        self.known_at_us = np.asarray(known_at_us, dtype=np.int64)  # (n,) microseconds since the epoch
+        self._row = {item: row for row, item in enumerate(self.item_ids)}
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @classmethod
+    def from_rows(cls, rows: pd.DataFrame) -> ItemContent:
+        """From `item_content_v1` rows read with ``historical_features`` (rows without a vector dropped)."""
+        present = rows[rows[ITEM_CONTENT_FEATURE].map(lambda v: v is not None and np.ndim(v) == 1)]
+        present = present.drop_duplicates("item_id", keep="last")
+        if present.empty:
+            return cls([], np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
+        known = pd.Series(pd.to_datetime(present[ITEM_CONTENT_TS], utc=True))
+        return cls(
+            list(present["item_id"].astype(str)),
+            np.stack([np.asarray(v, dtype=np.float32) for v in present[ITEM_CONTENT_FEATURE]]),
+            _epoch_us(known),
+        )
+
+    def rows(
+        self, item_ids: Iterable[str], as_of: pd.Series | None = None, features: pd.DataFrame | None = None
+    ) -> np.ndarray:
+        """(n, dim) content per item, zeros where there is none (or none yet at ``as_of``, per row).
+
+        Args:
+            item_ids: the items, in order.
+            as_of: per row, the moment judged: content that became known later is left out (no leakage).
+            features: rows aligned with ``item_ids``; their ``item_content_embedding`` serves items this
+                table lacks.
+        """
+        ids = [str(i) for i in item_ids]
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        rows = np.array([self._row.get(i, -1) for i in ids], dtype=np.int64)
+        known = rows >= 0
+        if as_of is not None and known.any():
+            when_us = _epoch_us(pd.Series(pd.to_datetime(as_of, utc=True)))
+            known &= np.where(known, self.known_at_us[np.maximum(rows, 0)] <= when_us, False)
+        out[known] = self.vectors[rows[known]]
+        if features is not None and ITEM_CONTENT_FEATURE in features.columns:
+            for j in np.flatnonzero(rows < 0):
+                value = features[ITEM_CONTENT_FEATURE].iloc[j]
+                if value is not None and np.ndim(value) == 1 and len(value) == self.dim:
+                    out[j] = np.nan_to_num(np.asarray(value, dtype=np.float32))
+        return out
+
+    def save(self, directory: Path) -> None:
+        np.save(directory / self.VECTORS_FILE, self.vectors)
+        np.save(directory / self.TIMES_FILE, self.known_at_us)
+        (directory / self.IDS_FILE).write_text(json.dumps(self.item_ids))
+
+    @classmethod
+    def load(cls, directory: Path) -> ItemContent:
+        ids = _read_json(directory / cls.IDS_FILE)
+        return cls(ids, np.load(directory / cls.VECTORS_FILE), np.load(directory / cls.TIMES_FILE))
 
 
 def write_retrieval_artifacts(
@@ -73,6 +167,7 @@ def write_retrieval_artifacts(
     seen: Mapping[str, list[str]],
     popularity: list[tuple[str, float]],
     index_config: IndexConfig | None = None,
+    content: ItemContent | None = None,
 ) -> None:
     """Write everything RetrievalModel.load needs into `directory`.
 
@@ -81,6 +176,7 @@ def write_retrieval_artifacts(
         catalog_item_ids: every item the index can return, aligned with `item_embeddings` rows.
         seen: items each user has interacted with, never retrieved again for that user.
         popularity: (item_id, score) best first, the fallback for users retrieval cannot serve.
+        content: the content embeddings the item tower reads (a model with ``content_dim`` > 0).
     """
     import torch
 
@@ -94,11 +190,16 @@ def write_retrieval_artifacts(
     ItemIndex.build(item_embeddings, np.arange(len(catalog_item_ids)), index_config).save(directory / "index")
     (directory / "seen.json").write_text(json.dumps({u: sorted(items) for u, items in seen.items()}))
     (directory / "popularity.json").write_text(json.dumps([[i, float(s)] for i, s in popularity]))
-    names = {
+    names: dict[str, Any] = {
         "feature_service": TWO_TOWER_FEATURE_SERVICE,
         "user": list(TWO_TOWER_USER_FEATURES),
         "item": list(TWO_TOWER_ITEM_FEATURES),
     }
+    if model_config.content_dim:
+        if content is None or content.dim != model_config.content_dim:
+            raise ArtifactError(f"a model with content_dim={model_config.content_dim} needs its item content")
+        content.save(directory)
+        names["content_service"] = ITEM_CONTENT_FEATURE_SERVICE
     (directory / "feature_names.json").write_text(json.dumps(names))
 
 
@@ -134,6 +235,7 @@ class RetrievalModel:
         self.item_embeddings = np.load(self.artifact_dir / "item_embeddings.npy")
         self.index = ItemIndex.load(self.artifact_dir / "index")
         self._seen = {u: set(items) for u, items in _read_json(self.artifact_dir / "seen.json").items()}
+        self.content = ItemContent.load(self.artifact_dir) if self.model_config.content_dim else None
         popularity = _read_json(self.artifact_dir / "popularity.json")
         self._popular_ids = [str(i) for i, _ in popularity]
         self._popular_scores = np.array([s for _, s in popularity], dtype=np.float32)
@@ -163,8 +265,10 @@ class RetrievalModel:
         import torch
 
         ids = torch.as_tensor([self._item_index.get(i, 0) for i in item_ids], dtype=torch.long)
+        # Items unseen in training share the unknown ID row: their content tells them apart.
+        content = None if self.content is None else self.content.rows(item_ids, features=features)
         with torch.no_grad():
-            emb = self._model.item_tower(ids, torch.as_tensor(item_dense_from_frame(features)))
+            emb = self._model.item_tower(ids, torch.as_tensor(item_dense_from_frame(features, content)))
         return np.asarray(emb.numpy(), dtype=np.float32)
 
     def retrieve(
@@ -218,9 +322,8 @@ class RankingModel:
 
     Artefacts written before rankers were calibrated (no calibration.json) still load and still rank;
     asking them for probabilities raises ArtifactError, since a raw lambdarank score is no probability.
+    The feature service is the one recorded at training time: serving and evaluation read that one.
     """
-
-    feature_service = RANKER_FEATURE_SERVICE
 
     def __init__(self, artifact_dir: Path, version: str) -> None:
         import lightgbm as lgb
@@ -228,10 +331,14 @@ class RankingModel:
         self.artifact_dir = Path(artifact_dir)
         self.version = version
         names = _read_json(self.artifact_dir / "feature_names.json")
-        if tuple(names.get("features", ())) != RANKER_FEATURE_NAMES:
-            raise ArtifactError("ranker artefacts were trained on other features than RANKER_FEATURE_NAMES")
-        if names.get("feature_service") != RANKER_FEATURE_SERVICE:
-            raise ArtifactError(f"ranker artefacts were built for {names.get('feature_service')!r}")
+        service = str(names.get("feature_service"))
+        try:
+            expected = ranker_feature_names(service)
+        except RankerFeatureError as err:
+            raise ArtifactError(f"ranker artefacts were built for {err}") from None
+        if tuple(names.get("features", ())) != expected:
+            raise ArtifactError(f"ranker artefacts were trained on other features than {service} takes")
+        self.feature_service = service
         model_file = self.artifact_dir / RANKER_MODEL_FILE
         if not model_file.exists():
             raise ArtifactError(f"artefact file missing: {model_file}")
@@ -280,13 +387,20 @@ class RankingModel:
         self, user_features: Mapping[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
     ) -> np.ndarray:
         """(n_candidates,) raw ranking scores, higher is better, in the order of `item_features` rows."""
-        return self.predict_matrix(build_ranker_matrix(user_features, item_features, retrieval_scores))
+        matrix = build_ranker_matrix(user_features, item_features, retrieval_scores, self.feature_service)
+        return self.predict_matrix(matrix)
 
 
-def write_ranker_artifacts(directory: Path, booster: Any, calibrator: PlattCalibrator) -> None:
-    """Write the LightGBM model (at its best iteration), its calibration and the feature names it expects."""
+def write_ranker_artifacts(
+    directory: Path,
+    booster: Any,
+    calibrator: PlattCalibrator,
+    feature_service: str = RANKER_FEATURE_SERVICE,
+) -> None:
+    """Write the LightGBM model (at its best iteration), its calibration, and the feature service and
+    feature names it expects."""
     directory.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(directory / RANKER_MODEL_FILE), num_iteration=booster.best_iteration or None)
     calibrator.save(directory / CALIBRATION_FILE)
-    names = {"feature_service": RANKER_FEATURE_SERVICE, "features": list(RANKER_FEATURE_NAMES)}
+    names = {"feature_service": feature_service, "features": list(ranker_feature_names(feature_service))}
     (directory / "feature_names.json").write_text(json.dumps(names))

@@ -62,7 +62,14 @@ def training_fingerprint(config: PipelineConfig, dataset_version: str) -> str:
         "ranker": config.ranker.model_dump(mode="json", exclude={"num_threads"}),
         "code_revision": CODE_REVISION,
     }
+    if uses_content(config):
+        payload["item_content"] = True  # absent otherwise, so older fingerprints stay valid
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def uses_content(config: PipelineConfig) -> bool:
+    """Whether the item tower reads content embeddings: both switches on (docs/features.md)."""
+    return config.two_tower.content_embeddings and config.features.content_embeddings
 
 
 def target_alias(state: StateDir, alias: str | None) -> str:
@@ -132,11 +139,12 @@ def run_train(
     from training import examples as ex
     from training.candidates import floor_to_snapshots, generate_candidates, ranker_inputs, sorted_by_user
     from training.ranker import train_ranker
-    from training.ranker_features import RANKER_FEATURE_SERVICE
     from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, log_and_register
     from training.retrieval import train_retrieval
     from training.runtime import (
+        ITEM_CONTENT_FEATURE_SERVICE,
         TWO_TOWER_FEATURE_SERVICE,
+        ItemContent,
         RetrievalModel,
         item_dense_from_frame,
         write_ranker_artifacts,
@@ -164,10 +172,22 @@ def run_train(
         train_pos, val_pos = ex.positives(split.train), ex.positives(split.validation)
         users, items = ex.vocabulary(train_pos["user_id"]), ex.vocabulary(train_pos["item_id"])
         columns = ["user_id", "item_id"]
+        catalog = sorted(dataset.items["item_id"].astype(str))
+        latest = pd.to_datetime(dataset.events["event_ts"], utc=True).max() + timedelta(days=1)
+        content: ItemContent | None = None
+        if uses_content(config):
+            # Content never changes, so it is read once per item; each example keeps it only when the
+            # item's content was known at the example's time.
+            content_rows = historical_features(
+                store,
+                pd.DataFrame({"item_id": catalog, "event_timestamp": latest}),
+                ITEM_CONTENT_FEATURE_SERVICE,
+            )
+            content = ItemContent.from_rows(content_rows) or None
         train_rows = historical_features(store, _with_ts(train_pos, columns), TWO_TOWER_FEATURE_SERVICE)
         val_rows = historical_features(store, _with_ts(val_pos, columns), TWO_TOWER_FEATURE_SERVICE)
-        train_examples = ex.two_tower_examples(train_rows, users, items)
-        val_examples = ex.two_tower_examples(val_rows, users, items)
+        train_examples = ex.two_tower_examples(train_rows, users, items, content)
+        val_examples = ex.two_tower_examples(val_rows, users, items, content)
         tt = config.two_tower
         model_config = TwoTowerModelConfig(
             n_users=len(users) + 1,
@@ -175,6 +195,7 @@ def run_train(
             n_genres=len(GENRES),
             embedding_dim=tt.embedding_dim,
             hidden_dim=tt.hidden_dim,
+            content_dim=0 if content is None else content.dim,
         )
 
         status.update(f"two-tower: Ray Train, {tt.epochs} epochs over {len(train_examples)} positives")
@@ -189,8 +210,6 @@ def run_train(
         console.print(f"two-tower trained: {_fmt(trained.metrics)}")
 
         status.update("item embeddings from the latest features, FAISS index")
-        catalog = sorted(dataset.items["item_id"].astype(str))
-        latest = pd.to_datetime(dataset.events["event_ts"], utc=True).max() + timedelta(days=1)
         item_rows = historical_features(
             store, pd.DataFrame({"item_id": catalog, "event_timestamp": latest}), TWO_TOWER_FEATURE_SERVICE
         )
@@ -200,7 +219,9 @@ def run_train(
         with torch.no_grad():
             item_emb = model.item_tower(
                 torch.as_tensor(ex.lookup(pd.Series(catalog), items)),
-                torch.as_tensor(item_dense_from_frame(item_rows)),
+                torch.as_tensor(
+                    item_dense_from_frame(item_rows, None if content is None else content.rows(catalog))
+                ),
             ).numpy()
 
         state.root.mkdir(parents=True, exist_ok=True)
@@ -217,6 +238,7 @@ def run_train(
                 {u: sorted(s) for u, s in ex.items_by_user(dataset.events).items()},
                 ex.popularity(dataset.events),
                 config.two_tower.index,
+                content,
             )
             retrieval = RetrievalModel.load(tower_dir, "candidate")
 
@@ -239,10 +261,11 @@ def run_train(
             n_relevant = sum(len(v) for u, v in relevant.items() if u in set(starts["user_id"]))
             candidate_recall = float(labels.sum()) / max(n_relevant, 1)
 
-            status.update(f"ranker: ranker_v1 features for {len(candidates)} candidates, LightGBM lambdarank")
-            features, sizes, _ = ranker_inputs(store, historical_features, candidates)
+            service = config.ranker.feature_service
+            status.update(f"ranker: {service} features for {len(candidates)} candidates, LightGBM lambdarank")
+            features, sizes, _ = ranker_inputs(store, historical_features, candidates, service)
             ranked = train_ranker(features, labels, sizes, config.ranker)
-            write_ranker_artifacts(ranker_dir, ranked.booster, ranked.calibrator)
+            write_ranker_artifacts(ranker_dir, ranked.booster, ranked.calibrator, service)
             console.print(f"ranker trained: {_fmt(ranked.metrics)}")
 
             status.update("MLflow: logging and registering both models")
@@ -259,6 +282,7 @@ def run_train(
                     "n_users": len(users),
                     "n_items": len(items),
                     "n_catalog": len(catalog),
+                    "content_dim": model_config.content_dim,
                     "n_train_examples": len(train_examples),
                     "n_validation_examples": len(val_examples),
                 },
@@ -273,7 +297,7 @@ def run_train(
                 artifact_dir=ranker_dir,
                 params={**config.ranker.model_dump(mode="json"), "two_tower_version": tower_version},
                 metrics=ranked.metrics,
-                tags={**base_tags, "feature_service": RANKER_FEATURE_SERVICE},
+                tags={**base_tags, "feature_service": service},
                 alias=alias,
             )
     shutil.rmtree(state.ray, ignore_errors=True)

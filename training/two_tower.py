@@ -26,6 +26,8 @@ class TwoTowerModelConfig:
     n_genres: int
     embedding_dim: int = 64
     hidden_dim: int = 128
+    # Width of the item content embedding the item tower also reads (0: none, as before content existed).
+    content_dim: int = 0
 
     @property
     def user_dense_dim(self) -> int:
@@ -33,7 +35,7 @@ class TwoTowerModelConfig:
 
     @property
     def item_dense_dim(self) -> int:
-        return self.n_genres + 2
+        return self.n_genres + 2 + self.content_dim
 
 
 def user_dense_features(genre_affinity: np.ndarray, n_events: np.ndarray) -> np.ndarray:
@@ -52,22 +54,30 @@ def user_dense_features(genre_affinity: np.ndarray, n_events: np.ndarray) -> np.
 
 
 def item_dense_features(
-    genre_vector: np.ndarray, n_events_365d: np.ndarray, age_days: np.ndarray
+    genre_vector: np.ndarray,
+    n_events_365d: np.ndarray,
+    age_days: np.ndarray,
+    content: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The item tower's dense input: multi-hot genres, log1p(365-day events), scaled age.
+    """The item tower's dense input: multi-hot genres, log1p(365-day events), scaled age, then content.
 
     Args:
         genre_vector: (n, n_genres) multi-hot rows; NaN counts as 0.
         n_events_365d: (n,) event counts over the last year; NaN counts as 0.
         age_days: (n,) days since publication; unknown (-1 or NaN) becomes 0.
+        content: (n, content_dim) content embeddings, or None for a model without them; NaN counts as 0
+            (an item whose content is not known yet).
 
     Returns:
-        (n, n_genres + 2) float32 matrix.
+        (n, n_genres + 2 [+ content_dim]) float32 matrix.
     """
     genres = np.nan_to_num(np.asarray(genre_vector, dtype=np.float32))
     counts = np.log1p(np.clip(np.nan_to_num(np.asarray(n_events_365d, dtype=np.float32)), 0, None))
     age = np.clip(np.nan_to_num(np.asarray(age_days, dtype=np.float32), nan=0.0), 0, None) / AGE_SCALE_DAYS
-    return np.concatenate([genres, counts[:, None], age[:, None]], axis=1).astype(np.float32)
+    parts = [genres, counts[:, None], age[:, None]]
+    if content is not None:
+        parts.append(np.nan_to_num(np.asarray(content, dtype=np.float32)))
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 class Tower(nn.Module):

@@ -21,6 +21,7 @@ a request then reads only the entities it has not seen for ``cache_ttl_s``.
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from recsys.features.store import ENTITY_KEYS, FeatureRequestError, online_features
+from recsys.features.store import ENTITY_KEYS, FeatureRequestError, online_features, online_store_errors
 
 if TYPE_CHECKING:
     import feast
@@ -144,6 +145,12 @@ class _SqliteTables:
                     found.setdefault(key, {})[name] = value
         return [found.get(key, {}) for key in keys]
 
+    def entity_keys(self, read: ViewRead, project: str) -> list[bytes]:
+        """The serialised key of every entity the view's table holds a row for."""
+        with self._lock:
+            rows = self._connection().execute(f'SELECT DISTINCT entity_key FROM "{read.table}"').fetchall()
+        return [key for (key,) in rows]
+
 
 class _RedisHashes:
     """Reads Feast's Redis hashes with one pipelined HMGET per entity."""
@@ -166,6 +173,16 @@ class _RedisHashes:
         return [
             {name: value for name, value in zip(read.features, reply, strict=True) if value is not None}
             for reply in replies
+        ]
+
+    def entity_keys(self, read: ViewRead, project: str) -> list[bytes]:
+        """The serialised key of every entity hash of the project (any view's; a view without values for
+        one reads as not stored)."""
+        suffix = project.encode("utf-8")
+        return [
+            key[: -len(suffix)]
+            for key in self._client.scan_iter(match=b"*" + suffix, count=10_000)
+            if key.endswith(suffix)
         ]
 
 
@@ -225,6 +242,33 @@ class OnlineReader:
                 ]
         return pd.DataFrame({name: columns[name] for name in plan.columns})
 
+    def service_views(self, service_name: str, keys: Sequence[str] = ENTITY_KEYS) -> tuple[ViewRead, ...]:
+        """The views of the service that rows with `keys` read, in the service's order."""
+        plan = self._plan(service_name, set(keys) & set(ENTITY_KEYS))
+        if plan.views is None:
+            raise FeatureRequestError(f"feature service {service_name!r} has a view with a TTL")
+        return plan.views
+
+    def stored_entities(self, read: ViewRead) -> list[str]:
+        """The ids of `read.join_key` the online store holds (for the views of that key: Redis keeps one
+        hash per entity, whatever its views)."""
+        from feast.infra.key_encoding_utils import deserialize_entity_key
+
+        ids: list[str] = []
+        for key in self._backend.entity_keys(read, self._project):
+            try:
+                entity = deserialize_entity_key(key, entity_key_serialization_version=self._key_version)
+            except (ValueError, IndexError, UnicodeDecodeError, struct.error):  # not a Feast key
+                continue
+            if list(entity.join_keys) == [read.join_key] and entity.entity_values[0].HasField("string_val"):
+                ids.append(entity.entity_values[0].string_val)
+        return ids
+
+    def entity_values(self, read: ViewRead, ids: list[str]) -> list[tuple[Any, ...]]:
+        """Feast's Python values of `read.features` per id (None where no value); `()` for an entity the
+        view does not hold."""
+        return self._values(read, ids)
+
     def _values(self, read: ViewRead, ids: list[str]) -> list[tuple[Any, ...]]:
         """Decoded feature values (in `read.features` order) per id; `()` for an entity not in the store."""
         cache = self.cache if read.join_key in self._cached_keys else None
@@ -239,7 +283,9 @@ class OnlineReader:
             else:
                 decoded[entity] = hit
         if wanted:
-            stored = self._backend.fetch(read, [self._key(read.join_key, e) for e in wanted], self._project)
+            with online_store_errors(self._store):  # Redis down: FeatureStoreUnavailable, for the fallback
+                keys = [self._key(read.join_key, e) for e in wanted]
+                stored = self._backend.fetch(read, keys, self._project)
             for entity, fields in zip(wanted, stored, strict=True):
                 values = _decode(read, fields)
                 decoded[entity] = values
@@ -354,16 +400,21 @@ _PLAIN_LISTS = frozenset(
 )
 
 
+def sqlite_path(store: feast.FeatureStore) -> Path:
+    """The file of a SQLite online store (relative paths are relative to the repository)."""
+    path = Path(store.config.online_store.path)
+    if not path.is_absolute() and store.config.repo_path is not None:
+        path = Path(store.config.repo_path) / path
+    return path
+
+
 def _backend(store: feast.FeatureStore) -> _SqliteTables | _RedisHashes:
     from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
     from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 
     online = store.config.online_store
     if isinstance(online, SqliteOnlineStoreConfig):
-        path = Path(online.path)
-        if not path.is_absolute() and store.config.repo_path is not None:
-            path = Path(store.config.repo_path) / path
-        return _SqliteTables(path)
+        return _SqliteTables(sqlite_path(store))
     if isinstance(online, RedisOnlineStoreConfig):
         # Feast's own client set-up: cluster, sentinel, password and TLS mean what they mean in Feast.
         return _RedisHashes(RedisOnlineStore()._get_client(online))

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from recsys.config import PipelineConfig
 
 # Bump when the job's output changes for the same input, so that tables built by older code are redone.
-JOB_VERSION = 1
+JOB_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,10 @@ def _build_key(version: str, config: PipelineConfig) -> dict[str, Any]:
 def read_build_info(state: StateDir) -> dict[str, Any] | None:
     """The record of what the current offline tables were built from, or None when there are none."""
     path = state.offline / schema.BUILD_INFO_FILE
-    tables = (state.offline / schema.USER_FEATURES_FILE, state.offline / schema.ITEM_FEATURES_FILE)
+    tables = [
+        state.offline / name
+        for name in (schema.USER_FEATURES_FILE, schema.ITEM_FEATURES_FILE, schema.COVIEW_FILE)
+    ]
     if not path.exists() or not all(table.exists() for table in tables):
         return None
     try:
@@ -65,12 +68,15 @@ def _compute(state: StateDir, version: str, config: PipelineConfig) -> dict[str,
     # A date-partitioned snapshot adds its partition column; the job reads the event columns only.
     events = spark.read.parquet(str(events_path)).drop(PARTITION_KEY)
     items = spark.read.parquet(str(items_path))
-    user_features, item_features = compute_features(spark, events, items, config.features.snapshot_every_days)
-    written = write_offline(user_features, item_features, state.offline)
+    users_path = folder / "users.parquet"
+    users = spark.read.parquet(str(users_path)) if users_path.exists() else None
+    frames = compute_features(spark, events, items, config.features.snapshot_every_days, users=users)
+    written = write_offline(frames, state.offline)
     info = {
         **_build_key(version, config),
         "user_rows": written.user_rows,
         "item_rows": written.item_rows,
+        "coview_rows": written.coview_rows,
         "final_snapshot": written.final_snapshot.isoformat(),
     }
     # Written last: its presence means both tables are complete.
@@ -88,7 +94,9 @@ def run_features(config: PipelineConfig, dataset_version: str | None = None) -> 
     """
     from rich.console import Console
 
-    from recsys.features.store import apply_definitions, build_store, materialize
+    from recsys.features.content import EmbeddingCache, publish_offline
+    from recsys.features.materialization import materialize_online
+    from recsys.features.store import apply_definitions, build_store
 
     console = Console(stderr=True)
     state = StateDir(config.state_dir)
@@ -103,12 +111,27 @@ def run_features(config: PipelineConfig, dataset_version: str | None = None) -> 
         console.log(f"offline tables already built from dataset {version}: skipping the Spark job")
     assert info is not None
     final = datetime.fromisoformat(info["final_snapshot"])
+    content = publish_offline(
+        state.dataset(version),
+        state.offline,
+        EmbeddingCache(state.content_cache),
+        config.features.content_embeddings,
+    )
+    console.log(f"item content embeddings: {content.n_items} items ({content.encoded} encoded now)")
     with console.status("Registering feature definitions (feast apply)"):
         store = build_store(state, config.features)
         apply_definitions(store)
     with console.status(f"Materialising to the {config.features.online_store} online store up to {final}"):
-        materialize(store, final)
+        # An item published after the last snapshot still has content to serve.
+        # A full load, as the tables may have been rebuilt; it records the watermark from which
+        # `recsys features materialize` goes on incrementally.
+        materialize_online(state, config.features, max(final, content.newest or final), True, store)
     console.log(f"online store ({config.features.online_store}) holds features as of {final}")
+    from recsys.features.packed_store import pack_services
+
+    with console.status("Packing the online values for serving (one value per entity)"):
+        packed = [s.service for s in pack_services(store) if s.generation is not None]
+    console.log(f"packed for serving: {', '.join(packed) or 'no feature service'}")
     return FeaturesSummary(
         dataset_version=version,
         user_rows=int(info["user_rows"]),

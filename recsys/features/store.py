@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -31,6 +32,9 @@ EVENT_TIMESTAMP = "event_timestamp"
 _REFS: weakref.WeakKeyDictionary[Any, dict[tuple[str, frozenset[str]], list[str]]] = (
     weakref.WeakKeyDictionary()
 )
+_TTLS: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
+# Feast's suffix of the event-time columns of an online response read with timestamps.
+TIMESTAMP_SUFFIX = "__ts"
 # Materialisation reads snapshot rows from here on; the tables hold nothing older.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -39,13 +43,55 @@ class FeatureRequestError(ValueError):
     """A feature request that names no usable entities, an unknown service, or malformed rows."""
 
 
-def redis_connection_string(url: str) -> str:
+class FeatureStoreUnavailable(ConnectionError):
+    """The online store (or the SQL registry) did not answer, or refused an operation.
+
+    Raised by the online reads and by materialisation; serving catches it and falls back. The message
+    names the store without its password.
+    """
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"feature store {store} is unavailable: {reason}")
+        self.store = store
+
+
+def describe_online_store(store: feast.FeatureStore) -> str:
+    """The online store as ``sqlite:<path>`` or ``redis://host:port/db``, never with its password."""
+    online = store.config.online_store
+    if online.type == "sqlite":
+        return f"sqlite:{online.path}"
+    if online.type == "redis":
+        fields = online.connection_string.split(",")
+        hosts = [field for field in fields if "=" not in field]
+        db = next((field.split("=", 1)[1] for field in fields if field.startswith("db=")), "0")
+        return f"redis://{','.join(hosts)}/{db}"
+    return str(online.type)
+
+
+@contextlib.contextmanager
+def online_store_errors(store: feast.FeatureStore) -> Iterator[None]:
+    """Turn the Redis client's errors (down, timed out, refusing writes) into ``FeatureStoreUnavailable``."""
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except RedisError as err:
+        # A pipeline's error quotes the failing command, serialised keys and values included: keep the cause.
+        reason = (str(err) or type(err).__name__).split(" of pipeline caused error: ", 1)[-1]
+        raise FeatureStoreUnavailable(describe_online_store(store), reason) from err
+
+
+def redis_connection_string(url: str, timeout_s: float | None = None) -> str:
     """Feast's ``host:port,db=N,...`` form of a ``redis://`` or ``rediss://`` URL.
+
+    ``timeout_s`` bounds connecting and each socket read or write, and turns off the client's retries
+    (three, with backoff from 1 s to 10 s, by default), so that a Redis that is down or hangs fails the
+    caller within ``timeout_s`` and the caller (serving) falls back instead of waiting seconds.
 
     >>> redis_connection_string("redis://:secret@cache:6380/2")
     'cache:6380,db=2,password=secret'
-    >>> redis_connection_string("redis://127.0.0.1:6379")
-    '127.0.0.1:6379,db=0'
+    >>> redis_connection_string("redis://127.0.0.1:6379", timeout_s=0.5)
+    '127.0.0.1:6379,db=0,socket_timeout=0.5,socket_connect_timeout=0.5,retry=null'
     """
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
@@ -60,11 +106,16 @@ def redis_connection_string(url: str) -> str:
         fields.append(f"password={unquote(parts.password)}")
     if parts.scheme == "rediss":
         fields.append("ssl=true")
+    if timeout_s is not None:
+        # Feast reads each value as JSON: null is None, which redis-py takes as "no retries".
+        fields += [f"socket_timeout={timeout_s}", f"socket_connect_timeout={timeout_s}", "retry=null"]
     return ",".join(fields)
 
 
 def build_store(state: StateDir, cfg: FeaturesConfig) -> feast.FeatureStore:
-    """A Feast store whose registry, online store and offline tables all live under ``state``.
+    """A Feast store over the offline tables under ``state``, with the registry and online store that
+    ``cfg`` names: by default a registry file and SQLite under ``state/feast``; in production a SQL
+    registry (``registry_url``) and Redis (``redis_url``).
 
     Also points ``RECSYS_STATE_DIR`` at ``state.root``, so that ``feature_repo`` modules imported later in
     this process, and `feast` commands it starts, describe the same tables.
@@ -73,28 +124,84 @@ def build_store(state: StateDir, cfg: FeaturesConfig) -> feast.FeatureStore:
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig
     from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
-    from feast.repo_config import MaterializationConfig, RegistryConfig
+    from feast.repo_config import MaterializationConfig
 
     state.feast.mkdir(parents=True, exist_ok=True)
     os.environ["RECSYS_STATE_DIR"] = str(state.root.absolute())
     online: Any
     if cfg.online_store == "redis":
-        online = RedisOnlineStoreConfig(connection_string=redis_connection_string(cfg.redis_url))
+        online = RedisOnlineStoreConfig(
+            connection_string=redis_connection_string(cfg.redis_url, cfg.redis_timeout_s)
+        )
     else:
         online = SqliteOnlineStoreConfig(path=str(state.feast / "online.db"))
+    registry = _registry_config(state, cfg)
     config = RepoConfig(
         project=PROJECT,
         provider="local",
-        registry=RegistryConfig(
-            registry_type="file", path=str(state.feast / "registry.db"), cache_ttl_seconds=60
-        ),
+        registry=registry,
         online_store=online,
         offline_store=DuckDBOfflineStoreConfig(),
         materialization=MaterializationConfig(pull_latest_features=True),
         entity_key_serialization_version=3,
         repo_path=state.root.absolute(),
     )
-    return FeatureStore(config=config)
+    try:
+        store = FeatureStore(config=config)
+        if cfg.registry == "sql":
+            store.registry  # noqa: B018 -- connects now: a wrong URL or a database down fails here, readably
+        return store
+    except Exception as err:
+        if cfg.registry != "sql" or not _is_database_error(err):
+            raise
+        raise FeatureStoreUnavailable(
+            f"registry {_hide_password(cfg.registry_url)}", _first_line(err)
+        ) from err
+
+
+def _registry_config(state: StateDir, cfg: FeaturesConfig) -> Any:
+    from feast.infra.registry.sql import SqlRegistryConfig
+    from feast.repo_config import RegistryConfig
+
+    from recsys.config import ConfigError
+
+    if cfg.registry == "file":
+        return RegistryConfig(
+            registry_type="file", path=str(state.feast / "registry.db"), cache_ttl_seconds=60
+        )
+    if not cfg.registry_url:
+        raise ConfigError(
+            "features.registry is sql but RECSYS_REGISTRY_URL is not set "
+            "(e.g. postgresql+psycopg://feast@db.internal:5432/feast)"
+        )
+    # pool_pre_ping: a registry connection dropped by the database is replaced instead of failing a read.
+    return SqlRegistryConfig(
+        registry_type="sql",
+        path=cfg.registry_url,
+        cache_ttl_seconds=60,
+        sqlalchemy_config_kwargs={"echo": False, "pool_pre_ping": True},
+    )
+
+
+def _is_database_error(err: BaseException) -> bool:
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(err, OperationalError)
+
+
+def _hide_password(url: str) -> str:
+    """The URL as it may be shown.
+
+    >>> _hide_password("postgresql+psycopg://feast:secret@db:5432/feast")
+    'postgresql+psycopg://feast:***@db:5432/feast'
+    """
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _definitions(offline_dir: Path) -> list[Any]:
@@ -167,10 +274,65 @@ def _quiet_offline_store() -> Iterator[None]:
         yield
 
 
-def materialize(store: feast.FeatureStore, end: datetime) -> None:
-    """Load each entity's newest snapshot with ``feature_ts <= end`` into the online store."""
-    with _quiet_offline_store():
-        store.materialize(start_date=_EPOCH, end_date=end)
+def batch_views(store: feast.FeatureStore) -> list[feast.FeatureView]:
+    """The online views that materialisation loads from their snapshot tables.
+
+    Views fed by a push source (sessions) are left out: pushes keep them current, and their offline
+    rows are older than what was pushed (SQLite would overwrite the newer rows). So are views whose
+    snapshot file does not exist yet: there is nothing to load, and DuckDB would fail on the path.
+    """
+    from feast import FileSource, PushSource
+
+    return [
+        view
+        for view in store.list_feature_views()
+        if view.online
+        and not isinstance(view.stream_source, PushSource)
+        and not (isinstance(view.batch_source, FileSource) and not Path(view.batch_source.path).exists())
+    ]
+
+
+def materialize(
+    store: feast.FeatureStore, end: datetime, start: datetime = _EPOCH, views: list[str] | None = None
+) -> None:
+    """Load each entity's newest snapshot with ``start <= feature_ts <= end`` into the online store,
+    replacing what the store holds for that entity; entities without a snapshot in the window keep theirs.
+
+    Args:
+        store: From ``build_store``.
+        end: Newest snapshot time to load.
+        start: Oldest snapshot time to read (the epoch: every entity).
+        views: Names of views to load (default: ``batch_views``).
+
+    Raises:
+        FeatureStoreUnavailable: The online store is down or refused the writes (some entities may have
+            been written: loading the same window again completes it).
+    """
+    names = [view.name for view in batch_views(store)] if views is None else views
+    if not names:
+        return  # Feast reads an empty list as "every view"
+    if not store.config.materialization_config.pull_latest_features:
+        raise FeatureRequestError("materialisation needs pull_latest_features: one row per entity")
+    with _quiet_offline_store(), online_store_errors(store):
+        _overwriting(store).materialize(start_date=start, end_date=end, feature_views=names)
+
+
+def _overwriting(store: feast.FeatureStore) -> feast.FeatureStore:
+    """``store`` itself, or for Redis a twin whose writes replace the stored values unconditionally.
+
+    Feast's Redis store skips a write whose event time is not newer than the stored one (feast#2795): a
+    corrected snapshot with the same ``feature_ts``, or an entity whose newest snapshot was withdrawn,
+    would keep its old values. Each entity gets one row per load (its newest in the window), so the
+    unconditional write loses no ordering. Only materialisation uses the twin: pushes keep the check.
+    """
+    from feast import FeatureStore
+
+    online = store.config.online_store
+    if online.type != "redis" or online.skip_dedup:
+        return store
+    config = store.config.model_copy(update={"online_config": online.model_copy(update={"skip_dedup": True})})
+    config._online_store = None  # the copy would otherwise keep the original's parsed store config
+    return FeatureStore(config=config)
 
 
 def _service_refs(store: feast.FeatureStore, service_name: str, keys: set[str]) -> list[str]:
@@ -309,7 +471,41 @@ def online_features(
     keys = set(entity_rows[0])
     if any(set(row) != keys for row in entity_rows):
         raise FeatureRequestError("every entity row must have the same keys")
+    import pandas as pd
+
     refs = _service_refs(store, service_name, keys & set(ENTITY_KEYS))
-    frame = store.get_online_features(features=refs, entity_rows=entity_rows).to_df()
+    ttls = _view_ttls(store, refs)
+    with online_store_errors(store):
+        response = store.get_online_features(features=refs, entity_rows=entity_rows)
+    found = response.to_dict(include_event_timestamps=bool(ttls))
+    if ttls:
+        _drop_expired(found, refs, ttls, time.time())
     names = [ref.split(":", 1)[1] for ref in refs]
-    return frame[[key for key in ENTITY_KEYS if key in keys] + names]
+    return pd.DataFrame(found)[[key for key in ENTITY_KEYS if key in keys] + names]
+
+
+def _view_ttls(store: feast.FeatureStore, refs: list[str]) -> dict[str, float]:
+    """The TTL in seconds of each view of `refs` that has one (kept per store, as services do not change)."""
+    cache = _TTLS.setdefault(store, {})
+    for view_name in dict.fromkeys(ref.split(":", 1)[0] for ref in refs):
+        if view_name not in cache:
+            ttl = store.get_feature_view(view_name).ttl
+            cache[view_name] = ttl.total_seconds() if ttl is not None else 0.0
+    return {view: cache[view] for view in dict.fromkeys(r.split(":", 1)[0] for r in refs) if cache[view] > 0}
+
+
+def _drop_expired(found: dict[str, list[Any]], refs: list[str], ttls: dict[str, float], now: float) -> None:
+    """Blank the values written more than their view's TTL before `now`, in place, and drop the times.
+
+    Feast 0.67 returns an online value however old it is; a view's TTL says how long a value stays true
+    (a session ends an hour after its last event), so an older value reads as missing here.
+    """
+    stamped = [key for key in found if key + TIMESTAMP_SUFFIX in found]
+    for ref in refs:
+        view_name, name = ref.split(":", 1)
+        ttl = ttls.get(view_name)
+        if ttl is not None and name + TIMESTAMP_SUFFIX in found:
+            stamps = found[name + TIMESTAMP_SUFFIX]
+            found[name] = [None if now - t > ttl else v for v, t in zip(found[name], stamps, strict=True)]
+    for key in stamped:
+        del found[key + TIMESTAMP_SUFFIX]

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.config import IngestConfig
+from recsys.features.content import item_text
 from recsys.ingest.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, USERS_SCHEMA
 
 SOURCE_FILES: tuple[str, ...] = ("ratings.csv", "movies.csv", "tags.csv")
@@ -136,20 +137,6 @@ def map_ratings(ratings: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
         }
     )
     return events[EVENTS_SCHEMA.names]
-
-
-def item_text(title: str, categories: list[str], tags: list[str]) -> str:
-    """The text a content model reads: title, then genres, then the item's tags.
-
-    >>> item_text("Heat (1995)", ["Action", "Crime"], ["Pacino"])
-    'Heat (1995). Genres: Action, Crime. Tags: Pacino.'
-    """
-    parts = [title]
-    if categories:
-        parts.append("Genres: " + ", ".join(categories))
-    if tags:
-        parts.append("Tags: " + ", ".join(tags))
-    return ". ".join(parts) + "."
 
 
 def map_movies(movies: pd.DataFrame, tags: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import pandas as pd
 from rich.console import Console
 
 from recsys.config import PipelineConfig
+from recsys.features.content import ContentSummary, EmbeddingCache, ensure_item_content
 from recsys.ingest.chunked import ChunkedCleaner, ChunkedEvents, PartitionedLog
 from recsys.ingest.cleaning import (
     CleaningConfig,
@@ -47,6 +48,8 @@ class IngestSummary:
     counts: dict[str, dict[str, int]]
     path: Path
     seconds: float
+    # Content embeddings of the version's items (None when `features.content_embeddings` is off).
+    content: ContentSummary | None = None
 
     @property
     def n_quarantined(self) -> int:
@@ -199,6 +202,15 @@ def run_ingest(
                 quarantine,
                 manifest,
             )
+    content = None
+    if config.features.content_embeddings:
+        # Only items whose text the cache lacks are encoded: a new item gets its embedding here.
+        with console.status("embedding item content (all-MiniLM-L6-v2)"):
+            content = ensure_item_content(state.dataset(version), EmbeddingCache(state.content_cache))
+        console.print(
+            f"ingest: content embeddings for {content.n_items:,} items, {content.n_encoded:,} encoded "
+            f"({content.seconds:.1f} s)"
+        )
     seconds = time.perf_counter() - started
     verb = "wrote" if created else "already had"
     console.print(
@@ -206,7 +218,7 @@ def run_ingest(
         f"{counts['items']['clean']:,} items, {counts['users']['clean']:,} users, "
         f"{sum(c['quarantined'] for c in counts.values()):,} quarantined ({seconds:.1f} s)"
     )
-    return IngestSummary(version, created, counts, state.dataset(version), seconds)
+    return IngestSummary(version, created, counts, state.dataset(version), seconds, content)
 
 
 @dataclass

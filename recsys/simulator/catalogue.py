@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from recsys.features.content import item_text
 from recsys.ingest.schema import ITEMS_SCHEMA
 from recsys.simulator.population import US_PER_DAY, to_us
 from recsys.simulator.settings import SimulatorConfig
@@ -123,7 +124,7 @@ def items_table(config: SimulatorConfig, catalogue: Catalogue) -> pa.Table:
     pairs = enumerate(zip(adjective, noun, strict=True))
     titles = [f"The {_ADJECTIVES[a]} {_NOUNS[b]} {i}" for i, (a, b) in pairs]
     categories = [[GENRES[g] for g in np.flatnonzero(row)] for row in catalogue.genres]
-    text = [f"{t}. Genres: {', '.join(c)}." for t, c in zip(titles, categories, strict=True)]
+    text = [item_text(t, c, []) for t, c in zip(titles, categories, strict=True)]
     columns = {
         "item_id": item_ids(n),
         "title": pa.array(titles, pa.string()),

