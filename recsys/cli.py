@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def _run(name: str, stage: Callable[[], Any]) -> Any:
         result = stage()
     # ConnectionError: a store the stage needs is down (recsys.features.store.FeatureStoreUnavailable).
     except (MissingStateError, ValueError, FileNotFoundError, FileExistsError, ConnectionError) as err:
-        console.print(f"[red]error in {name}:[/red] {err}")
+        # soft_wrap: the message stays one line (a long path would otherwise be broken at the width).
+        console.print(f"[red]error in {name}:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"[green]{name} done[/green] in {time.perf_counter() - started:.1f} s")
     if result is not None:
@@ -425,14 +427,65 @@ def experiment_ips(config: Path | None = ConfigOption, set_: list[str] | None = 
 def experiment_canary(
     config: Path | None = ConfigOption,
     set_: list[str] | None = SetOption,
-    model: str = typer.Option("good", "--model", help="Canary model: good, bad (low CTR) or slow (p99)."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Simulated: good (default), bad (low CTR) or slow (p99). --live: a ranker alias or version.",
+    ),
     approve: bool = typer.Option(True, "--approve/--no-approve", help="Approve the manual 10% stage."),
+    live: bool = typer.Option(False, "--live", help="Drive running serving at --url on wall-clock time."),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="--live: the serving deployment."),
+    name: str = typer.Option("canary", "--name", help="--live: the experiment the rollout owns."),
+    tick_seconds: float = typer.Option(60.0, "--tick-seconds", min=0.01, help="--live: between checks."),
+    hold_seconds: float | None = typer.Option(
+        None, "--hold-seconds", min=0.0, help="--live: every stage's hold (default: the spec's hours)."
+    ),
 ) -> None:
-    """Roll a canary out on simulated time, writing each stage's traffic into the experiments file."""
+    """Roll a canary out on simulated time (or, with --live, on running serving), writing each stage's
+    traffic into the experiments file; --live exits 0 at 100% and 1 when rolled back."""
+    if live:
+        if not model:
+            console.print("[red]error:[/red] --live needs --model <recsys-ranker alias or version>")
+            raise typer.Exit(2)
+        _live_canary(config, set_, url, model, name, tick_seconds, hold_seconds, approve)
+        return
+    model = model or "good"
     if model not in ("good", "bad", "slow"):
         console.print(f"[red]error:[/red] --model must be good, bad or slow, got {model!r}")
         raise typer.Exit(2)
     _experiment(config, set_, "canary", canary_model=model, approve_manual=approve)
+
+
+def _live_canary(
+    config: Path | None,
+    set_: list[str] | None,
+    url: str,
+    model: str,
+    name: str,
+    tick_s: float,
+    hold_s: float | None,
+    approve: bool,
+) -> None:
+    from evaluation.experiments.live_canary import outcome_line, run_live_canary
+
+    cfg = _config(config, set_)
+    report = partial(console.print, markup=False, highlight=False)
+    ended: list[Any] = []  # the final CanaryState (kept out of `_run`'s summary print)
+    try:
+        _run(
+            "experiment canary --live",
+            lambda: ended.append(run_live_canary(cfg, url, model, name, tick_s, hold_s, approve, report)),
+        )
+    except KeyboardInterrupt:
+        console.print("interrupted: the experiment keeps its current traffic shares")
+        raise typer.Exit(130) from None
+    state = ended[0]
+    line = outcome_line(state)
+    if state.status == "completed":
+        console.print(f"[green]{line}[/green]")
+        return
+    console.print(f"[red]{line}[/red]" if state.status == "rolled_back" else line)
+    raise typer.Exit(1 if state.status == "rolled_back" else 3)
 
 
 @app.command()

@@ -29,6 +29,7 @@ from serving.schemas import (
     printable_name,
     request_model,
 )
+from serving.served import ServedLog, serve_recommendation
 from serving.stages import UnknownItemError
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def create_api(
     max_k: int,
     admin_token: str | None = None,
     admin_actions: dict[str, AdminAction] | None = None,
+    served_log: ServedLog | None = None,
 ) -> FastAPI:
     """The FastAPI app of the service; `recommender.warm_up` runs at application start-up.
 
@@ -100,6 +102,7 @@ def create_api(
         max_k: The largest `k` a request may ask for.
         admin_token: Bearer token of the admin endpoints; None disables them (403).
         admin_actions: `reload` and `experiments` handlers, each given the raw request body.
+        served_log: Where every answer is logged with its variants (`serving.served`); None: nowhere.
     """
     actions = admin_actions or {}
 
@@ -176,7 +179,7 @@ def create_api(
         except ValidationError as err:
             errors = [{**error, "loc": ("body", *error["loc"])} for error in err.errors()]
             raise RequestValidationError(errors) from None
-        return await recommender.recommend(body)
+        return await serve_recommendation(recommender, body, served_log)
 
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz() -> HealthResponse:

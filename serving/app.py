@@ -41,6 +41,7 @@ from serving.recommender import IngressState, LocalRetrieval, Recommender
 from serving.reranking import ItemVectors
 from serving.roles import FeatureReader
 from serving.schemas import request_model
+from serving.served import SERVED_FOLDER, ServedLog, serve_recommendation
 from serving.session import SessionStore, SharedSessions
 from serving.shadow import ShadowLog, ShadowScorer
 from serving.stages import RETRIEVAL_FEATURE_SERVICE, Candidates, RankingStage, RetrievalStage
@@ -383,6 +384,7 @@ class Ingress:
     ) -> None:
         self._settings = settings
         self._request_type = request_model(settings.max_k)
+        self._served = ServedLog(StateDir(state_dir).root / SERVED_FOLDER) if state_dir is not None else None
         retrieval_backend: _RetrievalHandle | _FusedRetrieval = (
             _RetrievalHandle(retrieval)
             if isinstance(retrieval, DeploymentHandle)
@@ -432,12 +434,14 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         watcher = self._recommender.state.experiments
         actions = admin_actions(watcher, self._reload, self._ranking.load) if watcher is not None else None
-        return create_api(self._recommender, self._settings.max_k, self._settings.admin_token, actions)
+        return create_api(
+            self._recommender, self._settings.max_k, self._settings.admin_token, actions, self._served
+        )
 
     async def recommend(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The `POST /recommend` logic for handle callers (and local testing mode), as JSON-ready data."""
         request = self._request_type.model_validate(payload)
-        return (await self._recommender.recommend(request)).model_dump(mode="json")
+        return (await serve_recommendation(self._recommender, request, self._served)).model_dump(mode="json")
 
     async def events(self, raw: bytes) -> dict[str, Any]:
         return (await self._recommender.events(raw)).model_dump(mode="json")

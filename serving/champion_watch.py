@@ -78,7 +78,7 @@ class ChampionPoller:
             except asyncio.CancelledError:
                 raise
             except RuntimeError as err:
-                if sys.is_finalizing() or "interpreter shutdown" in str(err):
+                if sys.is_finalizing() or "shutdown" in str(err):
                     return  # the replica is going away; nothing left to reload
                 logger.exception("champion check failed; serving the loaded versions")
             except Exception:

@@ -41,6 +41,26 @@ LATENCY_BUCKETS = (
     1.0,
     2.5,
 )
+# Per variant: finer around the canary's p99 limit, with 180 ms an edge, so `histogram_quantile` puts a
+# p99 above 180 ms exactly when more than 1% of the requests took longer than 180 ms.
+VARIANT_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.125,
+    0.15,
+    0.18,
+    0.2,
+    0.25,
+    0.3,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -207,6 +227,18 @@ class ServingMetrics(Collector):
         self.exploration = CounterFamily(
             "recsys_explored_items_total", "Shown items chosen by exploration.", []
         )
+        # What a live canary judges: latency and errors of each experiment variant (`serving.served`).
+        self.variant_latency = HistogramFamily(
+            "recsys_variant_latency_seconds",
+            "Latency of POST /recommend per experiment variant, failed requests included.",
+            ["experiment", "variant"],
+            buckets=VARIANT_LATENCY_BUCKETS,
+        )
+        self.variant_errors = CounterFamily(
+            "recsys_variant_errors_total",
+            "POST /recommend per experiment variant that failed (5xx) or fell back after a stage failed.",
+            ["experiment", "variant"],
+        )
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -218,10 +250,19 @@ class ServingMetrics(Collector):
         for stage, ms in timings_ms.items():
             self.stage_latency.labels(stage=stage).observe(ms / 1000.0)
 
+    def observe_variants(self, variants: Mapping[str, str], seconds: float, failed: bool) -> None:
+        """One /recommend answer of these variants (experiment -> variant)."""
+        for experiment, variant in variants.items():
+            self.variant_latency.labels(experiment=experiment, variant=variant).observe(seconds)
+            errors = self.variant_errors.labels(experiment=experiment, variant=variant)  # at 0 from the first
+            if failed:
+                errors.inc()
+
     def collect(self) -> Iterator[Metric]:
         """The families in Prometheus' own types, for the registry to render."""
         counters = [self.requests, self.errors, self.cache_hits, self.cache_misses, self.fallbacks]
         counters += [self.missing_features, self.events, self.experiment_assignments, self.exploration]
+        counters.append(self.variant_errors)
         for counter in counters:
             family = CounterMetricFamily(counter.name, counter.documentation, labels=counter.labelnames)
             for key, value in counter.series():
@@ -233,7 +274,7 @@ class ServingMetrics(Collector):
         for key, value in self.queue_depth.series():
             gauge.add_metric(key, value.value)
         yield gauge
-        for histogram in (self.stage_latency, self.batch_size):
+        for histogram in (self.stage_latency, self.batch_size, self.variant_latency):
             out = HistogramMetricFamily(histogram.name, histogram.documentation, labels=histogram.labelnames)
             for key, distribution in histogram.series():
                 out.add_metric(key, distribution.cumulative(), distribution.total)

@@ -2,8 +2,9 @@
 
 `CanaryDriver` is clock-agnostic: call `tick(observation, now)` on every health check (wall seconds in
 production, simulated seconds here); it steps the state machine, asks the approver at a manual stage,
-and rewrites the experiment's traffic shares with `save_experiments` whenever the stage changes, with
-the rollout's frozen thresholds stored beside them. `run_simulated_canary` feeds it from the simulated
+and rewrites the experiment's traffic shares whenever the stage changes, with the rollout's frozen
+thresholds stored beside them (`save_experiments` by default; `live_canary.py` publishes through the
+serving admin endpoint instead). `run_simulated_canary` feeds it from the simulated
 platform on accelerated time: each tick, the users who arrive are bucketed from the file as serving
 would bucket them, see their arm's slates, and the canary's clicks, latency and errors since the stage
 began make the observation. The simulator models users, not servers, so latency and errors are drawn
@@ -42,6 +43,9 @@ from evaluation.experiments.policies import Policy, slates
 from evaluation.experiments.simulation import Platform
 
 Approver = Callable[[CanaryState], bool]
+# Puts the experiments in force: by default they are written to the file; a live canary sends them to
+# the serving admin endpoint, which loads the variants' models before switching (`live_canary.py`).
+Publisher = Callable[[dict[str, Experiment]], None]
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class CanaryDriver:
         canary_model: Model of the canary variant.
         now: Start time on the driver's clock, in seconds.
         approver: Asked whether to enter a manual stage; answering False keeps the rollout waiting.
+        publish: Puts the experiments (the file's, with this one updated) in force; None writes the file.
     """
 
     def __init__(
@@ -79,10 +84,12 @@ class CanaryDriver:
         approver: Approver,
         thresholds: Thresholds | None = None,
         stages: tuple[Stage, ...] = DEFAULT_STAGES,
+        publish: Publisher | None = None,
     ) -> None:
         self.path = path
         self.name = name
         self.approver = approver
+        self._publish = publish or (lambda experiments: save_experiments(path, experiments))
         self.state = start(now, thresholds, stages)
         self._models = (control_model, canary_model)
         self._write(now)
@@ -105,7 +112,7 @@ class CanaryDriver:
         )
         experiments = load_experiments(self.path)
         experiments[self.name] = experiment
-        save_experiments(self.path, experiments)
+        self._publish(experiments)
 
     def tick(self, observation: Observation | None, now: float) -> bool:
         """One health check; returns whether the stage or status changed (the observation window restarts)."""
