@@ -1,12 +1,13 @@
-"""The pipeline on a simulated log, chosen by the config alone (configs/simulated.yaml)."""
+"""The pipeline on a simulated log, chosen by the config alone (configs/simulated.yaml).
+
+Ingest and split are checked here; features, training, the gate and shadow scoring on a simulated log
+run in tests/test_loop_simulated.py, and every stage on MovieLens in tests/test_end_to_end.py.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import pytest
-from commands import run_recsys
 
 from evaluation.split import load_split, run_split
 from recsys.config import REPO_ROOT, load_config
@@ -41,26 +42,3 @@ def test_ingest_and_split_read_the_simulator_output(tmp_path: Path) -> None:
     )
     # Ingesting again reads the same simulation and writes nothing.
     assert not run_ingest(config).created
-
-
-@pytest.mark.slow
-@pytest.mark.integration
-def test_full_pipeline_on_a_simulated_log(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
-    # The smallest platform that still exercises every stage: the point is that the config alone switches
-    # the pipeline to a simulated log, not the quality of what it learns.
-    overrides = (
-        "simulator.n_users=200",
-        "simulator.n_items=150",
-        "features.snapshot_every_days=28",
-        "two_tower.epochs=1",
-        "ranker.n_estimators=10",
-    )
-    sets = [arg for override in overrides for arg in ("--set", override)]
-    proc = run_recsys(state_dir, "pipeline", "--config", str(CONFIG), *sets, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    state = StateDir(state_dir)
-    version = state.latest_dataset_version()
-    metrics = json.loads((state.evaluation(version) / "metrics.json").read_text())
-    assert metrics
-    assert (state.drift(version) / "drift.json").exists()
