@@ -130,13 +130,59 @@ def score_psi_of(systems: Mapping[str, Any]) -> float:
     )
 
 
+def _decision_key(
+    state: StateDir, dataset_version: str | None, challenger: str, champion: str, cfg: GateConfig
+) -> dict[str, str]:
+    """What a gate decision depends on: both systems' model versions, the data and the thresholds."""
+    from training.registry import resolve_system
+
+    key = {"dataset_version": state.resolve_version(dataset_version), "gate_config": _config_json(cfg)}
+    for role, ref in (("champion", champion), ("challenger", challenger)):
+        tower, ranker = resolve_system(state, ref)
+        key |= {f"{role}_two_tower_version": tower, f"{role}_ranker_version": ranker}
+    return key
+
+
+def _config_json(cfg: GateConfig) -> str:
+    return json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+
+
+def recorded_decision(state: StateDir, key: Mapping[str, str]) -> GateDecision | None:
+    """The newest logged gate decision taken on exactly ``key`` (versions, data, thresholds), if any."""
+    import mlflow
+
+    from training.registry import EXPERIMENT, configure
+
+    client = configure(state)
+    runs = client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id],
+        filter_string=f"tags.kind = '{GATE_RUN}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    for run in runs:
+        if all(run.data.params.get(name) == value for name, value in key.items()):
+            recorded = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/gate_decision.json")
+            return GateDecision(
+                passed=bool(recorded["passed"]),
+                reasons=list(recorded["reasons"]),
+                checks=recorded["checks"],
+                mlflow_run_id=run.info.run_id,
+            )
+    return None
+
+
 def run_gate(
     config: PipelineConfig,
     dataset_version: str | None = None,
     challenger: str = "challenger",
     champion: str = "champion",
+    reuse: bool = False,
 ) -> GateDecision:
     """Measure both systems on the test window, judge, and log the decision to MLflow.
+
+    With ``reuse``, a decision already logged for the same model versions, dataset version and
+    thresholds is returned instead (`recsys promote` after `recsys gate` does not measure twice).
 
     Raises:
         MissingStateError: a reference names no registered system.
@@ -151,6 +197,11 @@ def run_gate(
     from evaluation.replay import serving_latency
 
     cfg = config.evaluate.gate
+    state = StateDir(config.state_dir)
+    key = _decision_key(state, dataset_version, challenger, champion, cfg)
+    if reuse and (recorded := recorded_decision(state, key)) is not None:
+        Console(stderr=True).log(f"gate: reusing decision {recorded.mlflow_run_id} on the same versions")
+        return recorded
     k = cfg.ndcg_k
     n_candidates = max(config.ranker.n_candidates, k)
     with Console(stderr=True).status("gate: loading the test window") as status:
@@ -192,6 +243,7 @@ def run_gate(
             "challenger": challenger,
             "champion": champion,
             "dataset_version": window.dataset_version,
+            "gate_config": key["gate_config"],
         },
     )
     return GateDecision(passed=passed, reasons=reasons, checks=checks, mlflow_run_id=run_id)
@@ -235,7 +287,7 @@ def promote_system(
 
     state = StateDir(config.state_dir)
     tower, ranker = resolve_system(state, ref)
-    decision = run_gate(config, dataset_version, challenger=ref)
+    decision = run_gate(config, dataset_version, challenger=ref, reuse=True)
     if not decision.passed and not force:
         raise ValueError("the gate refused the promotion: " + "; ".join(decision.reasons))
     client = configure(state)

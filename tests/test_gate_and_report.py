@@ -116,7 +116,10 @@ def test_gate_passes_promote_then_rollback(trained: Trained) -> None:
     assert promote.returncode == 0, promote.stderr[-4000:]
     assert resolve_system(trained.state, "champion") == ("2", "2")
     assert alias_version(trained.state, "recsys-ranker", CHALLENGER) is None
-    assert model_version(trained.state, "recsys-ranker", "2").tags["promotion"] == "gate passed"
+    promoted = model_version(trained.state, "recsys-ranker", "2")
+    assert promoted.tags["promotion"] == "gate passed"
+    # The gate had judged these very versions with these thresholds: promote took that decision.
+    assert promoted.tags["gate_run_id"] == run_id and "reusing decision" in promote.stderr
 
     back = run_recsys(trained.state.root, "rollback", "--config", CONFIG)
     assert back.returncode == 0, back.stderr[-4000:]
