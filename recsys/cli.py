@@ -168,7 +168,7 @@ def train(
         help="Registry alias for the new versions: champion (default) or challenger (champion if none yet).",
     ),
 ) -> None:
-    """Train the two-tower retriever (Ray Train) and the LightGBM ranker; register both in MLflow."""
+    """Train the two-tower retriever (Ray Train) and the ranker (`ranker.kind`); register both in MLflow."""
     from training.stage import run_train
 
     cfg = _config(config, set_)
