@@ -29,7 +29,7 @@ DATES = [datetime(2024, 1, day, tzinfo=UTC) for day in (15, 22, 29)]
 @pytest.fixture(scope="module")
 def turns(tmp_path_factory: pytest.TempPathFactory) -> tuple[StateDir, list[Turn]]:
     state_dir = tmp_path_factory.mktemp("loop") / "state"
-    done = run_turns(CONFIG, state_dir, DATES)
+    done = run_turns(CONFIG, state_dir, DATES, in_process=True)
     for turn in done:
         assert turn.exit_code == 0, turn.output[-4000:]
     return StateDir(state_dir), done
