@@ -201,6 +201,14 @@ def markdown(meta: dict[str, Any], levels: list[Level], budget_ms: float) -> str
         f"{meta['when']}, {meta['machine']}, {meta['cores']} cores (server and load generator share them); "
         f"command: `{meta['command']}`",
         "",
+        *level_table(levels, budget_ms),
+    ]
+    return "\n".join(lines)
+
+
+def level_table(levels: list[Level], budget_ms: float) -> list[str]:
+    """Markdown lines: one table row per level, then each target's highest rate within the budget."""
+    lines = [
         "| target | mode | level | sent | ok | errors | fallbacks | throughput req/s "
         "| p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -218,7 +226,7 @@ def markdown(meta: dict[str, Any], levels: list[Level], budget_ms: float) -> str
             f"- {target}: highest offered rate with p99 <= {budget_ms:.0f} ms and no errors: "
             f"{f'{rate} req/s' if rate else 'none of those tried'}"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from faults import _free_port, start_redis
-from load import HERE, Level, best_rate, measure, running
+from load import HERE, Level, best_rate, level_table, measure, running
 from saving import run_meta, save
 
 from recsys.config import PipelineConfig, load_config
@@ -197,23 +197,8 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
         "|---|---|",
         *(f"| {step} | {seconds:.1f} |" for step, seconds in setup["timings_s"].items()),
         "",
-        "| target | mode | level | sent | ok | errors | fallbacks | throughput req/s "
-        "| p50 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *level_table(levels, budget_ms),
     ]
-    for lv in levels:
-        unit = "req/s offered" if lv.mode == "rate" else "clients"
-        lines.append(
-            f"| {lv.target} | {lv.mode} | {lv.level} {unit} | {lv.sent} | {lv.ok} | {lv.errors} | "
-            f"{lv.fallbacks} | {lv.throughput} | {lv.p50_ms} | {lv.p99_ms} | {lv.max_ms} |"
-        )
-    lines.append("")
-    for target in dict.fromkeys(lv.target for lv in levels):
-        rate = best_rate(levels, target, budget_ms)
-        lines.append(
-            f"- {target}: highest offered rate with p99 <= {budget_ms:.0f} ms and no errors: "
-            f"{f'{rate} req/s' if rate else 'none of those tried'}"
-        )
     floor = {(lv.mode, lv.level): lv for lv in levels if lv.target == ECHO}
     ratios = [
         f"{lv.level} {'req/s' if lv.mode == 'rate' else 'clients'}: p50 x{lv.p50_ms / echo.p50_ms:.1f}, "
