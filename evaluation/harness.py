@@ -151,6 +151,7 @@ def score_system(
     """
     from recsys.features.store import historical_features
     from training.candidates import generate_candidates, ranker_inputs, sorted_by_user
+    from training.examples import history_at_cut
     from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, load_model, resolve_system
     from training.runtime import RankingModel, RetrievalModel
 
@@ -170,6 +171,7 @@ def score_system(
         window.seen,
         n_candidates,
         progress=lambda message: say(f"{ref}: {message}"),
+        histories=history_at_cut(window.history, window.users, retrieval.history_length),
     )
     candidates = sorted_by_user(candidates)
     say(f"{ref}: ranker features for the candidates")

@@ -75,12 +75,17 @@ class AsOfRetrieval:
     """The retrieval model as of a window start: searches the item index as of that start (given with
     `with model.as_of(index):` per start time) and excludes only the items of the user's earlier history.
 
+    A user tower that reads recent positive items gets them as of the window start too (``recent``,
+    from `training.examples.history_at_cut`), not the model's stored ones, which may hold the window.
     Delegates everything else to the served model (same weights, same fallback).
     """
 
-    def __init__(self, model: Any, history: Mapping[str, set[str]]) -> None:
+    def __init__(
+        self, model: Any, history: Mapping[str, set[str]], recent: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self._model = model
         self._history = history
+        self._recent = recent or {}
         self._row = {item: row for row, item in enumerate(model.catalog)}
         # The saved index describes items as of the end of training: searching it for an earlier window
         # would describe items with features from after the moment judged.
@@ -109,10 +114,18 @@ class AsOfRetrieval:
         ids, scores = self._model.popular(n)
         return list(ids), np.asarray(scores)
 
+    def embed_users(
+        self, user_ids: list[str], features: pd.DataFrame, histories: Sequence[Sequence[str]] | None = None
+    ) -> np.ndarray:
+        if not getattr(self._model, "history_length", 0):
+            return np.asarray(self._model.embed_users(user_ids, features))
+        chosen = histories if histories is not None else [self._recent.get(u, ()) for u in user_ids]
+        return np.asarray(self._model.embed_users(user_ids, features, chosen))
+
     def retrieve(
         self, user_id: str, user_features: Mapping[str, Any], n: int
     ) -> tuple[list[str], np.ndarray]:
-        query = self._model.embed_users([user_id], pd.DataFrame([dict(user_features)]))  # (1, dim)
+        query = self.embed_users([user_id], pd.DataFrame([dict(user_features)]))  # (1, dim)
         banned = {self._row[i] for i in self._history.get(user_id, ()) if i in self._row}
         if self._index is None:
             raise RuntimeError("AsOfRetrieval.retrieve runs only inside `with model.as_of(index):`")
@@ -130,7 +143,12 @@ class ReplayRun:
 
 
 def _stages(
-    config: PipelineConfig, state: Any, ref: str, reader: Any, history: Mapping[str, set[str]] | None
+    config: PipelineConfig,
+    state: Any,
+    ref: str,
+    reader: Any,
+    history: Mapping[str, set[str]] | None,
+    history_events: pd.DataFrame | None = None,
 ) -> Any:
     """The serving stages for the system `ref`, built as serving builds them, over `reader`."""
     from serving.reranking import ItemVectors
@@ -147,7 +165,13 @@ def _stages(
         if rerank.enabled and rerank.mmr_lambda < 1.0
         else None
     )
-    model = AsOfRetrieval(tower, history) if history is not None else tower
+    recent = None
+    if history_events is not None and tower.history_length:
+        from training.examples import history_at_cut
+
+        users = history_events["user_id"].astype(str).unique()
+        recent = history_at_cut(history_events, users, tower.history_length)
+    model = AsOfRetrieval(tower, history, recent) if history is not None else tower
     retrieval = RetrievalStage(model, reader, str(tower.feature_service))
     ranking = RankingStage(ranker, reader, rerank, vectors)
     return retrieval, ranking, tower_version, ranker_version
@@ -161,7 +185,7 @@ def run_replay(config: PipelineConfig, window: EvalWindow, ref: str, k: int) -> 
     starts = dict(zip(window.starts["user_id"].astype(str), window.starts["event_timestamp"], strict=True))
     reader = PointInTimeReader(window.store, historical_features, starts)
     retrieval, ranking, tower_version, ranker_version = _stages(
-        config, window.state, ref, reader, window.seen
+        config, window.state, ref, reader, window.seen, window.history
     )
     n = max(config.serve.n_candidates, k)
     reader.prefetch(str(retrieval.model.feature_service), [{USER_KEY: u} for u in window.users])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluation.experiments.settings import ExperimentsConfig
 from recsys.ingest.cleaning import CleaningConfig
@@ -110,19 +110,103 @@ class TwoTowerConfig(_Frozen):
     batch_size: int = Field(default=512, ge=8)
     learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-6, ge=0)
-    temperature: float = Field(default=0.1, gt=0)
+    # 0.2 with the history input: retrieval Recall@100 0.3453 on MovieLens against 0.3307 at 0.1
+    # (docs/models.md, "History"); NDCG@10 gives up 0.006 for it.
+    temperature: float = Field(default=0.2, gt=0)
     # Subtract log item frequency from in-batch logits so popular items are not over-penalised as negatives.
     logq_correction: bool = True
     # The item tower also reads the item's content embedding (features.content_embeddings must be on to
     # have any); items unseen in training are then placed by what they are about, not by genres alone.
     content_embeddings: bool = True
+    # The user tower mean-pools the ID embeddings of the user's last `history_length` positive items
+    # (strictly before each example; at serving, as of the model's data); 0 turns the input off.
+    history_length: int = Field(default=20, ge=0)
+    # Pool the item tower's own ID table (True) or a separate table (False).
+    history_shared: bool = True
+    # Share of user and item ids replaced by the unknown row during training, so cold ids are served
+    # by a row that learnt to lean on features, history and content.
+    id_dropout: float = Field(default=0.0, ge=0, lt=1)
     num_workers: int = Field(default=1, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     seed: int = 0
     index: IndexConfig = IndexConfig()
 
 
+class HeadWeights(_Frozen):
+    """Weights of the multi-task ranker's click and satisfaction heads (loss weights, or the mix of the
+    heads' probabilities in a surface's ranking score, normalised to sum 1 there)."""
+
+    click: float = Field(default=0.5, ge=0)
+    satisfaction: float = Field(default=0.5, ge=0)
+
+    @model_validator(mode="after")
+    def _not_all_zero(self) -> HeadWeights:
+        if self.click + self.satisfaction <= 0:
+            raise ValueError("head weights must not all be zero")
+        return self
+
+
+def _default_surface_weights() -> dict[str, HeadWeights]:
+    # Satisfaction leads where the list is the product (home, e-mail); search and the item page follow
+    # intent, so a likely click counts more there. `default` scores evaluation and unknown surfaces.
+    return {
+        "default": HeadWeights(click=0.2, satisfaction=0.8),
+        "homepage": HeadWeights(click=0.3, satisfaction=0.7),
+        "search": HeadWeights(click=0.6, satisfaction=0.4),
+        "email": HeadWeights(click=0.1, satisfaction=0.9),
+        "pdp": HeadWeights(click=0.5, satisfaction=0.5),
+        "more_like_this": HeadWeights(click=0.4, satisfaction=0.6),
+    }
+
+
+class MultiTaskConfig(_Frozen):
+    """The multi-task torch ranker (training/multitask.py), used when `ranker.kind` is `multitask`."""
+
+    hidden_sizes: tuple[int, ...] = (128, 64)
+    cross_layers: int = Field(default=2, ge=0)
+    head_hidden: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    epochs: int = Field(default=20, ge=1)
+    # Stop after this many epochs without a better held-out mean AUC of the heads.
+    patience: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=512, ge=8)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-5, ge=0)
+    task_weights: HeadWeights = HeadWeights(click=1.0, satisfaction=1.0)
+    # Per request surface (recsys.vocab.SURFACES, plus `default`), the mix of head probabilities served.
+    surface_weights: dict[str, HeadWeights] = Field(default_factory=_default_surface_weights)
+    # Try INT8 (dynamic quantisation of the Linear layers) and serve it when its held-out AUC is less than
+    # `int8_max_auc_drop` (relative) below fp32's; both AUCs and the decision are logged. Off by default:
+    # on this model's small layers INT8 scored 500 candidates slower than fp32 (docs/models.md).
+    int8: bool = False
+    int8_max_auc_drop: float = Field(default=0.005, gt=0, lt=1)
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+
+    @field_validator("surface_weights")
+    @classmethod
+    def _known_surfaces(cls, value: dict[str, HeadWeights]) -> dict[str, HeadWeights]:
+        from recsys.vocab import SURFACES
+
+        unknown = sorted(set(value) - {"default", *SURFACES})
+        if unknown:
+            raise ValueError(f"unknown surfaces {unknown}; known: default, {', '.join(SURFACES)}")
+        if "default" not in value:
+            raise ValueError("surface_weights needs a `default` entry")
+        return value
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 1:
+            raise ValueError("hidden_sizes must list at least one positive width")
+        return value
+
+
 class RankerConfig(_Frozen):
+    # `lightgbm`: lambdarank (training/ranker.py); `multitask`: the torch click/satisfaction ranker.
+    kind: Literal["lightgbm", "multitask"] = "lightgbm"
+    multitask: MultiTaskConfig = MultiTaskConfig()
     n_candidates: int = Field(default=200, ge=10)
     num_leaves: int = Field(default=31, ge=2)
     n_estimators: int = Field(default=300, ge=1)

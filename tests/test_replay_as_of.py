@@ -33,3 +33,21 @@ def test_searches_the_given_index_and_refuses_outside_it() -> None:
     with pytest.raises(RuntimeError, match="as_of"):
         model.retrieve("u", {}, 2)
     assert model.version == "7"
+
+
+class _HistoryTower(_Tower):
+    """A user tower that reads recent items: its embedding says how many it was given."""
+
+    history_length = 5
+
+    def embed_users(
+        self, user_ids: list[str], features: pd.DataFrame, histories: list[list[str]] | None = None
+    ) -> np.ndarray:
+        assert histories is not None, "the replay must never fall back to the model's stored history"
+        return np.array([[float(len(h)), 1.0] for h in histories], dtype=np.float32)
+
+
+def test_a_history_reading_tower_gets_the_history_before_the_window() -> None:
+    model = AsOfRetrieval(_HistoryTower(), {"u": set()}, {"u": ["a", "b"]})
+    assert model.embed_users(["u", "stranger"], pd.DataFrame([{}, {}])).tolist() == [[2.0, 1.0], [0.0, 1.0]]
+    assert model.embed_users(["u"], pd.DataFrame([{}]), [["c"]]).tolist() == [[1.0, 1.0]]

@@ -10,10 +10,12 @@ import pandas as pd
 from training.candidates import floor_to_snapshots, sorted_by_user
 from training.examples import (
     candidate_labels,
+    history_at_cut,
     items_by_user,
     lookup,
     popularity,
     positives,
+    recent_positive_items,
     vocabulary,
     window_starts,
 )
@@ -67,3 +69,58 @@ def test_sorted_by_user_keeps_first_appearance_order() -> None:
     frame = pd.DataFrame({"user_id": ["b", "a", "b", "a"], "item_id": ["1", "2", "3", "4"]})
     assert sorted_by_user(frame)["item_id"].tolist() == ["1", "3", "2", "4"]
     assert np.array_equal(sorted_by_user(frame)["user_id"].to_numpy(), np.array(["b", "b", "a", "a"]))
+
+
+HISTORY_EVENTS = pd.DataFrame(
+    {
+        "user_id": ["1", "1", "1", "1", "1", "2", "1"],
+        "item_id": ["a", "b", "c", "d", "e", "a", "f"],
+        "event_type": ["like", "purchase", "view", "save", "like", "like", "like"],
+        "event_ts": pd.to_datetime(
+            [
+                "2000-01-03",
+                "2000-01-01",
+                "2000-01-02",  # a view: never history
+                "2000-01-04",
+                "2000-01-04",  # same instant as d: order of the log decides
+                "2000-01-01",
+                "2000-01-09",
+            ],
+            utc=True,
+        ),
+    }
+)
+
+
+def test_recent_positive_items_are_strictly_before_each_row() -> None:
+    at = pd.DataFrame(
+        {
+            "user_id": ["1", "1", "1", "1", "2", "3"],
+            "event_timestamp": pd.to_datetime(
+                [
+                    "2000-01-04 00:00:00",
+                    "2000-01-05 00:00:00",
+                    "2000-01-01 00:00:00",
+                    "2000-02-01 00:00:00",
+                    "2000-01-01 00:00:01",
+                    "2000-05-01 00:00:00",
+                ],
+                utc=True,
+            ),
+        }
+    )
+    found = recent_positive_items(HISTORY_EVENTS, at, 3)
+    assert found == [
+        ["b", "a"],  # d and e happen at that very instant: not before it
+        ["a", "d", "e"],  # the newest 3 of b, a, d, e, oldest first
+        [],  # b happens at that instant
+        ["d", "e", "f"],
+        ["a"],
+        [],  # a user without positives
+    ]
+    assert recent_positive_items(HISTORY_EVENTS, at, 0) == [[]] * 6
+
+
+def test_history_at_cut_takes_everything_in_the_frame() -> None:
+    assert history_at_cut(HISTORY_EVENTS, ["1", "2", "9"], 2) == {"1": ["e", "f"], "2": ["a"], "9": []}
+    assert history_at_cut(HISTORY_EVENTS.iloc[:0], ["1"], 2) == {"1": []}

@@ -39,6 +39,27 @@ def test_eval_step_of_a_random_model_is_near_chance() -> None:
     assert metrics["val_loss"] > 0
 
 
+def test_examples_carry_their_history_into_eval() -> None:
+    base = _examples(50, 2)
+    history = np.stack([base.item_idx, np.zeros(50, dtype=np.int64)], axis=1)  # (50, 2), one item + pad
+    examples = TwoTowerExamples(base.user_idx, base.user_dense, base.item_idx, base.item_dense, history)
+    part = examples.take(np.array([3, 1]))
+    assert part.history is not None and part.history.tolist() == history[[3, 1]].tolist()
+    assert [tuple(t.shape) for t in part.tensors()][-1] == (2, 2)
+    assert tuple(base.tensors()[-1].shape) == (50, 0)  # no history: a zero-width matrix
+    with pytest.raises(ValueError, match="history"):
+        TwoTowerExamples(base.user_idx, base.user_dense, base.item_idx, base.item_dense, history[:3])
+    config = TwoTowerModelConfig(
+        n_users=21, n_items=41, n_genres=N_GENRES, embedding_dim=8, hidden_dim=8, history_length=2
+    )
+    torch.manual_seed(0)
+    model = TwoTowerModel(config)
+    metrics = eval_step(model, examples, temperature=0.1)
+    blank = TwoTowerExamples(base.user_idx, base.user_dense, base.item_idx, base.item_dense, 0 * history)
+    # The history reaches the user tower: blanking it changes the loss.
+    assert metrics["val_loss"] != pytest.approx(eval_step(model, blank, temperature=0.1)["val_loss"])
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_ray_train_learns_and_reports_metrics_with_checkpoint(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,67 @@ def test_ranking_model_round_trip(tmp_path: Path) -> None:
     assert ((probabilities > 0) & (probabilities < 1)).all()
     assert (np.argsort(probabilities) == np.argsort(scores)).all()  # calibration never reorders
     assert model.feature_service == "ranker_v1"
+
+
+HISTORY_CONFIG = TwoTowerModelConfig(
+    n_users=3, n_items=4, n_genres=len(GENRES), embedding_dim=8, hidden_dim=8, history_length=2
+)
+
+
+def _history_retrieval(tmp_path: Path) -> tuple[RetrievalModel, TwoTowerModel]:
+    torch.manual_seed(0)
+    model = TwoTowerModel(HISTORY_CONFIG)
+    write_retrieval_artifacts(
+        tmp_path / "tt",
+        model.state_dict(),
+        HISTORY_CONFIG,
+        user_ids=["u1", "u2"],
+        item_ids=["i1", "i2", "i3"],
+        catalog_item_ids=CATALOG,
+        item_embeddings=np.eye(5, 8, dtype=np.float32),
+        seen={"u1": ["i1", "i2", "i3"]},
+        popularity=[("i3", 10.0)],
+        history={"u1": ["i1", "i2", "i3"], "u2": []},  # only the newest 2 are kept
+    )
+    return RetrievalModel.load(tmp_path / "tt", "8"), model
+
+
+def test_served_history_is_the_stored_one_and_feeds_the_user_tower(tmp_path: Path) -> None:
+    retrieval, model = _history_retrieval(tmp_path)
+    assert retrieval.history_length == 2 and retrieval.recent_items("u1") == ["i2", "i3"]
+    assert retrieval.recent_items("u2") == [] and retrieval.recent_items("stranger") == []
+    features = pd.DataFrame([{}])
+    stored = retrieval.embed_users(["u1"], features)
+    np.testing.assert_allclose(stored, retrieval.embed_users(["u1"], features, [["i2", "i3"]]), atol=1e-6)
+    with torch.no_grad():  # the towers by hand: item rows 2 and 3, unknown "zzz" is padding
+        dense = torch.zeros(1, HISTORY_CONFIG.user_dense_dim)
+        expected = model.user_embedding(torch.tensor([1]), dense, torch.tensor([[2, 3]])).numpy()
+    np.testing.assert_allclose(stored, expected, atol=1e-6)
+    np.testing.assert_allclose(
+        retrieval.embed_users(["u1"], features, [["zzz", "i2", "i3"]]), stored, atol=1e-6
+    )
+    empty = retrieval.embed_users(["u1"], features, [[]])
+    assert not np.allclose(empty, stored)
+    with pytest.raises(ValueError, match="histories"):
+        retrieval.embed_users(["u1", "u2"], pd.DataFrame([{}, {}]), [[]])
+
+
+def test_artefacts_without_history_still_load_and_a_broken_one_says_why(tmp_path: Path) -> None:
+    _retrieval(tmp_path)
+    config_file = tmp_path / "tt" / "model_config.json"
+    old = {k: v for k, v in json.loads(config_file.read_text()).items() if not k.startswith("history")}
+    config_file.write_text(json.dumps(old))  # as written before the history input existed
+    assert RetrievalModel.load(tmp_path / "tt", "7").history_length == 0
+    config_file.write_text(json.dumps({**old, "history_length": 2}))
+    with pytest.raises(ArtifactError, match="do not fit"):  # weights without the history input
+        RetrievalModel.load(tmp_path / "tt", "7")
+    config_file.write_text(json.dumps({**old, "towers": 3}))
+    with pytest.raises(ArtifactError, match="two-tower model"):
+        RetrievalModel.load(tmp_path / "tt", "7")
+    _history_retrieval(tmp_path / "h")
+    (tmp_path / "h" / "tt" / "history.json").unlink()
+    with pytest.raises(ArtifactError, match=r"missing: .*history\.json"):
+        RetrievalModel.load(tmp_path / "h" / "tt", "8")
 
 
 def test_missing_artefacts_are_reported(tmp_path: Path) -> None:

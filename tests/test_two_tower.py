@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from training.retrieval import train_step
 from training.two_tower import (
     AGE_SCALE_DAYS,
     TwoTowerModel,
     TwoTowerModelConfig,
+    drop_ids,
     in_batch_softmax_loss,
     item_dense_features,
+    masked_mean,
+    pad_history,
     user_dense_features,
 )
 
@@ -87,6 +91,46 @@ def test_towers_return_unit_vectors_of_embedding_dim() -> None:
     assert torch.allclose(item_emb.norm(dim=1), torch.ones(4), atol=1e-5)
 
 
+def test_model_overfits_one_batch_from_history_alone() -> None:
+    """Every user is unknown (row 0) with the same dense input: only the history tells them apart."""
+    config = TwoTowerModelConfig(
+        n_users=2, n_items=65, n_genres=4, embedding_dim=16, hidden_dim=32, history_length=2
+    )
+    torch.manual_seed(0)
+    model = TwoTowerModel(config)
+    user_ids = torch.zeros(32, dtype=torch.long)
+    user_dense = torch.zeros(32, config.user_dense_dim)
+    item_ids = torch.arange(1, 33)
+    item_dense = torch.rand(32, config.item_dense_dim, generator=torch.Generator().manual_seed(1))
+    history = torch.stack([torch.arange(33, 65), torch.zeros(32, dtype=torch.long)], dim=1)  # one item + pad
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    batch = (user_ids, user_dense, item_ids, item_dense, history)
+    losses = [train_step(model, optimizer, batch, temperature=0.1) for _ in range(150)]
+    assert losses[0] > 2.0 and losses[-1] < 0.05
+    with torch.no_grad():
+        user_emb, item_emb = model(user_ids, user_dense, item_ids, item_dense, history)
+    assert (user_emb @ item_emb.T).argmax(dim=1).tolist() == list(range(32))
+
+
+def test_id_dropout_still_overfits_one_batch() -> None:
+    """With ids dropped a fifth of the time, features must carry the rest: the batch is still learnt."""
+    config = TwoTowerModelConfig(n_users=33, n_items=33, n_genres=4, embedding_dim=16, hidden_dim=32)
+    torch.manual_seed(0)
+    model = TwoTowerModel(config)
+    _, user_dense, _, item_dense = _batch(32, config)
+    ids = torch.arange(1, 33)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    batch = (ids, user_dense, ids, item_dense)
+    for _ in range(200):
+        train_step(model, optimizer, batch, temperature=0.1, id_dropout=0.2)
+    with torch.no_grad():
+        user_emb, item_emb = model(ids, user_dense, ids, item_dense)
+        cold_users = model.user_embedding(torch.zeros(32, dtype=torch.long), user_dense)
+    assert (user_emb @ item_emb.T).argmax(dim=1).tolist() == list(range(32))
+    # The unknown row learnt next to features: a cold user still finds most of its own items.
+    assert int(((cold_users @ item_emb.T).argmax(dim=1) == torch.arange(32)).sum()) >= 16
+
+
 def test_model_overfits_one_batch() -> None:
     config = TwoTowerModelConfig(n_users=33, n_items=33, n_genres=4, embedding_dim=16, hidden_dim=32)
     torch.manual_seed(0)
@@ -108,3 +152,50 @@ def test_model_overfits_one_batch() -> None:
     with torch.no_grad():
         user_emb, item_emb = model(user_ids, user_dense, item_ids, item_dense)
     assert (user_emb @ item_emb.T).argmax(dim=1).tolist() == list(range(32))
+
+
+def test_masked_mean_ignores_padding() -> None:
+    emb = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 6.0], [7.0, 8.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    # row 0: mean of the first two vectors only; row 1: nothing real, so zeros (not NaN)
+    assert masked_mean(emb, mask).tolist() == [[2.0, 3.0], [0.0, 0.0]]
+
+
+def test_pad_history_keeps_the_newest_left_aligned() -> None:
+    padded = pad_history([[4, 5, 6, 7], [2], []], 3)
+    assert padded.tolist() == [[5, 6, 7], [2, 0, 0], [0, 0, 0]]
+    assert padded.dtype == np.int64 and pad_history([[1]], 0).shape == (1, 0)
+
+
+def test_history_is_pooled_from_the_shared_item_table() -> None:
+    config = TwoTowerModelConfig(
+        n_users=3, n_items=6, n_genres=2, embedding_dim=4, hidden_dim=4, history_length=3
+    )
+    torch.manual_seed(0)
+    model = TwoTowerModel(config)
+    assert model.history_items is None and model.history_proj is not None
+    history = torch.tensor([[1, 2, 0]])
+    expected = model.item_tower.ids.weight[[1, 2]].mean(dim=0)  # identity projection at start
+    torch.testing.assert_close(model.pooled_history(history)[0], expected)
+    dense = torch.zeros(1, config.user_dense_dim)
+    # Padding changes nothing; an empty history is the same as none.
+    torch.testing.assert_close(
+        model.user_embedding(torch.tensor([1]), dense, history),
+        model.user_embedding(torch.tensor([1]), dense, torch.tensor([[1, 0, 2]])),
+    )
+    torch.testing.assert_close(
+        model.user_embedding(torch.tensor([1]), dense, torch.zeros(1, 3, dtype=torch.long)),
+        model.user_embedding(torch.tensor([1]), dense, None),
+    )
+    separate = TwoTowerModel(TwoTowerModelConfig(**{**config.__dict__, "history_shared": False}))
+    assert separate.history_items is not None and separate.history_items.weight.shape == (6, 4)
+
+
+def test_id_dropout_replaces_ids_by_the_unknown_row() -> None:
+    ids = torch.arange(1, 1001)
+    assert torch.equal(drop_ids(ids, 0.0), ids)
+    torch.manual_seed(0)
+    dropped = drop_ids(ids, 0.3)
+    kept = dropped == ids
+    assert ((dropped == 0) | kept).all()
+    assert 0.25 < float((dropped == 0).float().mean()) < 0.35

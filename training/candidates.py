@@ -81,6 +81,7 @@ def generate_candidates(
     exclude: Mapping[str, set[str]],
     n: int,
     progress: Callable[[str], None] | None = None,
+    histories: Mapping[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Top-n retrieval candidates per user, with user and item features as of each user's time.
 
@@ -90,13 +91,18 @@ def generate_candidates(
         users_at: columns user_id and event_timestamp (already floored to snapshot times).
         exclude: items never to return per user (what the user saw before the window).
         n: candidates per user.
+        histories: per user, the recent positive items before the window (oldest first) for a model
+            whose user tower reads them; None gives every user an empty one, never the model's stored
+            history, which may hold the very window judged.
 
     Returns:
         Columns user_id, item_id, retrieval_score, event_timestamp; per user best first.
     """
     catalog = model.catalog
     user_rows = read(store, users_at[["user_id", TS]].reset_index(drop=True), TWO_TOWER_FEATURE_SERVICE)
-    user_emb = model.embed_users(list(users_at["user_id"]), user_rows)  # (n_users, dim)
+    user_ids = [str(u) for u in users_at["user_id"]]
+    history = [list((histories or {}).get(u, ())) for u in user_ids] if model.history_length else None
+    user_emb = model.embed_users(user_ids, user_rows, history)  # (n_users, dim)
     frames = []
     row_of = {item: i for i, item in enumerate(catalog)}
     for when, index in item_indexes_over(model, store, read, list(users_at[TS].unique()), progress):

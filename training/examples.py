@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -10,7 +10,8 @@ import pandas as pd
 from recsys.ingest.leakage import check_feature_rows
 from recsys.vocab import POSITIVE_EVENT_TYPES
 from training.retrieval import TwoTowerExamples
-from training.runtime import ItemContent, item_dense_from_frame, user_dense_from_frame
+from training.runtime import ItemContent, _epoch_us, item_dense_from_frame, user_dense_from_frame
+from training.two_tower import pad_history
 
 
 def positives(events: pd.DataFrame) -> pd.DataFrame:
@@ -29,17 +30,80 @@ def lookup(ids: pd.Series, vocab: list[str]) -> np.ndarray:
     return np.array([rows.get(str(i), 0) for i in ids], dtype=np.int64)
 
 
+def recent_positive_items(events: pd.DataFrame, at: pd.DataFrame, n: int) -> list[list[str]]:
+    """Per row of ``at``, the user's last ``n`` positive items strictly before its time, oldest first.
+
+    The user tower's history input, the one definition training, evaluation and serving share: an event
+    at the same instant as the row, or later, is never in it (a training example does not see itself).
+    Events at the same instant keep the order of ``events``; an item liked twice counts twice.
+
+    Args:
+        events: columns user_id, item_id, event_type, event_ts (only like/save/purchase count).
+        at: columns user_id and event_timestamp, one row per history wanted.
+        n: how many items at most; 0 gives empty histories.
+
+    Returns:
+        One list of item ids per row of ``at``, in its order.
+    """
+    out: list[list[str]] = [[] for _ in range(len(at))]
+    if n <= 0 or not len(at):
+        return out
+    pos = positives(events)
+    times = _epoch_us(pd.to_datetime(pos["event_ts"], utc=True))
+    order = np.lexsort((times, pos["user_id"].astype(str).to_numpy()))  # by user, then time (stable)
+    users = pos["user_id"].astype(str).to_numpy()[order]
+    items = pos["item_id"].astype(str).to_numpy()[order]
+    times = times[order]
+    firsts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    lasts = np.r_[firsts[1:], len(users)]
+    block = {str(users[f]): (int(f), int(e)) for f, e in zip(firsts, lasts, strict=True)}
+    query_users = at["user_id"].astype(str).to_numpy()
+    query_times = _epoch_us(pd.to_datetime(at["event_timestamp"], utc=True))
+    for user in np.unique(query_users):
+        if user not in block:
+            continue
+        s, e = block[user]
+        rows = np.flatnonzero(query_users == user)
+        ends = s + np.searchsorted(times[s:e], query_times[rows], side="left")  # first event at or after
+        for row, end in zip(rows, ends, strict=True):
+            out[row] = items[max(s, end - n) : end].tolist()
+    return out
+
+
+def history_at_cut(events: pd.DataFrame, users: Iterable[str], n: int) -> dict[str, list[str]]:
+    """Each user's last ``n`` positive items among ``events`` (everything known at a cut: a split's
+    earlier windows, or the whole log a model is trained on), oldest first."""
+    ids = [str(u) for u in users]
+    if not len(events):
+        return {u: [] for u in ids}
+    after = pd.to_datetime(events["event_ts"], utc=True).max() + pd.Timedelta(microseconds=1)
+    found = recent_positive_items(events, pd.DataFrame({"user_id": ids, "event_timestamp": after}), n)
+    return dict(zip(ids, found, strict=True))
+
+
 def two_tower_examples(
-    rows: pd.DataFrame, users: list[str], items: list[str], content: ItemContent | None = None
+    rows: pd.DataFrame,
+    users: list[str],
+    items: list[str],
+    content: ItemContent | None = None,
+    history: list[list[str]] | None = None,
+    history_length: int = 0,
 ) -> TwoTowerExamples:
     """Model inputs from positive events joined with their point-in-time `two_tower_v1` features, and
     with each item's content embedding where it was known at the event (when ``content`` is given).
+
+    ``history`` (from :func:`recent_positive_items`, aligned with ``rows``) becomes the user tower's
+    (n, history_length) matrix of item rows; items without an ID row are padding.
 
     Raises:
         LeakageError: a feature row's snapshot is newer than its example (or the rows do not say when
             their features are from): the run stops rather than train on the future.
     """
     check_feature_rows(rows)
+    history_rows = None
+    if history is not None and history_length > 0:
+        rows_of = {item: row + 1 for row, item in enumerate(items)}
+        history_rows = pad_history([[rows_of.get(i, 0) for i in h] for h in history], history_length)
     return TwoTowerExamples(
         user_idx=lookup(rows["user_id"], users),
         user_dense=user_dense_from_frame(rows),
@@ -47,6 +111,7 @@ def two_tower_examples(
         item_dense=item_dense_from_frame(
             rows, None if content is None else content.rows(rows["item_id"], as_of=rows["event_timestamp"])
         ),
+        history=history_rows,
     )
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from recsys.config import TwoTowerConfig
-from training.two_tower import TwoTowerModel, TwoTowerModelConfig, in_batch_softmax_loss
+from training.two_tower import TwoTowerModel, TwoTowerModelConfig, drop_ids, in_batch_softmax_loss
 
 EVAL_BATCH = 1024
 EVAL_K = 10
@@ -26,26 +26,37 @@ class TwoTowerExamples:
     user_dense: np.ndarray  # (n, user_dense_dim) float32
     item_idx: np.ndarray  # (n,) int64, 0 = unknown item
     item_dense: np.ndarray  # (n, item_dense_dim) float32
+    # (n, history_length) int64 item rows the user liked before the example, 0 = padding; None: no history
+    history: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.user_idx)
         if not (len(self.user_dense) == len(self.item_idx) == len(self.item_dense) == n):
             raise ValueError("two-tower example arrays must all have the same number of rows")
+        if self.history is not None and (self.history.ndim != 2 or len(self.history) != n):
+            raise ValueError("two-tower example history must be an (n, history_length) matrix")
 
     def __len__(self) -> int:
         return len(self.user_idx)
 
     def take(self, rows: np.ndarray) -> TwoTowerExamples:
         return TwoTowerExamples(
-            self.user_idx[rows], self.user_dense[rows], self.item_idx[rows], self.item_dense[rows]
+            self.user_idx[rows],
+            self.user_dense[rows],
+            self.item_idx[rows],
+            self.item_dense[rows],
+            None if self.history is None else self.history[rows],
         )
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """(user_idx, user_dense, item_idx, item_dense, history); history is (n, 0) without one."""
+        history = self.history if self.history is not None else np.zeros((len(self), 0), dtype=np.int64)
         return (
             torch.as_tensor(self.user_idx, dtype=torch.long, device=device),
             torch.as_tensor(self.user_dense, dtype=torch.float32, device=device),
             torch.as_tensor(self.item_idx, dtype=torch.long, device=device),
             torch.as_tensor(self.item_dense, dtype=torch.float32, device=device),
+            torch.as_tensor(history, dtype=torch.long, device=device),
         )
 
 
@@ -71,11 +82,20 @@ def train_step(
     batch: tuple[torch.Tensor, ...],
     temperature: float,
     log_q: torch.Tensor | None = None,
+    id_dropout: float = 0.0,
 ) -> float:
-    """One optimiser step of in-batch softmax on a batch of positives; returns the batch loss."""
+    """One optimiser step of in-batch softmax on a batch of positives; returns the batch loss.
+
+    ``batch`` is :meth:`TwoTowerExamples.tensors` (a history is optional). With ``id_dropout`` > 0 user
+    and item ids are replaced by the unknown row at that rate; the loss still masks duplicates and
+    corrects popularity by the true item ids.
+    """
     model.train()
-    user_idx, user_dense, item_idx, item_dense = batch
-    user_emb, item_emb = model(user_idx, user_dense, item_idx, item_dense)  # (batch, dim) each
+    user_idx, user_dense, item_idx, item_dense = batch[:4]
+    history = batch[4] if len(batch) > 4 else None
+    user_emb, item_emb = model(
+        drop_ids(user_idx, id_dropout), user_dense, drop_ids(item_idx, id_dropout), item_dense, history
+    )  # (batch, dim) each
     loss = in_batch_softmax_loss(
         user_emb, item_emb, temperature, item_ids=item_idx, log_q=None if log_q is None else log_q[item_idx]
     )
@@ -98,12 +118,12 @@ def eval_step(
     losses: list[float] = []
     hits = 0
     for start in range(0, len(examples), EVAL_BATCH):
-        user_idx, user_dense, item_idx, item_dense = examples.take(
+        user_idx, user_dense, item_idx, item_dense, history = examples.take(
             np.arange(start, min(start + EVAL_BATCH, len(examples)))
         ).tensors(device)
         if len(user_idx) < 2:
             continue
-        user_emb, item_emb = model(user_idx, user_dense, item_idx, item_dense)  # (b, dim) each
+        user_emb, item_emb = model(user_idx, user_dense, item_idx, item_dense, history)  # (b, dim) each
         losses.append(
             float(in_batch_softmax_loss(user_emb, item_emb, temperature, item_ids=item_idx)) * len(user_idx)
         )
@@ -143,7 +163,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         losses = []
         for start in range(0, len(order) - 1, cfg.batch_size):
             batch = shard.take(order[start : start + cfg.batch_size]).tensors(device)
-            losses.append(train_step(model, optimizer, batch, cfg.temperature, log_q))
+            losses.append(train_step(model, optimizer, batch, cfg.temperature, log_q, cfg.id_dropout))
         metrics = {
             "epoch": float(epoch + 1),
             "train_loss": float(np.mean(losses)),

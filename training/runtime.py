@@ -7,7 +7,7 @@ items, popularity fallback, feature names), so a replica loads it once and never
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from training.ranker_features import (
     build_ranker_matrix,
     ranker_feature_names,
 )
-from training.two_tower import TwoTowerModelConfig, item_dense_features, user_dense_features
+from training.two_tower import TwoTowerModelConfig, item_dense_features, pad_history, user_dense_features
 
 TWO_TOWER_FEATURE_SERVICE = "two_tower_v1"
 TWO_TOWER_USER_FEATURES: tuple[str, ...] = ("user_genre_affinity", "user_n_events")
@@ -35,6 +35,11 @@ ITEM_CONTENT_FEATURE_SERVICE = "item_content_v1"
 ITEM_CONTENT_FEATURE = "item_content_embedding"
 ITEM_CONTENT_TS = "item_content__feature_ts"
 RANKER_MODEL_FILE = "ranker.txt"
+# Each user's last positive items as of the model's data: the history input of a served user tower.
+HISTORY_FILE = "history.json"
+# A ranker's artefacts record its kind (feature_names.json); artefacts without one are LightGBM.
+LIGHTGBM_KIND = "lightgbm"
+MULTITASK_KIND = "multitask"
 
 
 class ArtifactError(ValueError):
@@ -168,6 +173,7 @@ def write_retrieval_artifacts(
     popularity: list[tuple[str, float]],
     index_config: IndexConfig | None = None,
     content: ItemContent | None = None,
+    history: Mapping[str, list[str]] | None = None,
 ) -> None:
     """Write everything RetrievalModel.load needs into `directory`.
 
@@ -177,6 +183,8 @@ def write_retrieval_artifacts(
         seen: items each user has interacted with, never retrieved again for that user.
         popularity: (item_id, score) best first, the fallback for users retrieval cannot serve.
         content: the content embeddings the item tower reads (a model with ``content_dim`` > 0).
+        history: each user's last positive items, oldest first, as of the data the model is served
+            after (a model with ``history_length`` > 0; `training.examples.history_at_cut`).
     """
     import torch
 
@@ -200,13 +208,30 @@ def write_retrieval_artifacts(
             raise ArtifactError(f"a model with content_dim={model_config.content_dim} needs its item content")
         content.save(directory)
         names["content_service"] = ITEM_CONTENT_FEATURE_SERVICE
+    if model_config.history_length:
+        if history is None:
+            raise ArtifactError(f"a model with history_length={model_config.history_length} needs histories")
+        n = model_config.history_length
+        (directory / HISTORY_FILE).write_text(json.dumps({u: list(h)[-n:] for u, h in history.items() if h}))
     (directory / "feature_names.json").write_text(json.dumps(names))
+
+
+def _model_config(values: Any) -> TwoTowerModelConfig:
+    """model_config.json as a config; fields it lacks (written before they existed) keep their defaults,
+    which reproduce the model of that time."""
+    try:
+        return TwoTowerModelConfig(**values)
+    except TypeError as err:
+        raise ArtifactError(f"model_config.json does not describe a two-tower model: {err}") from None
 
 
 def _read_json(path: Path) -> Any:
     if not path.exists():
         raise ArtifactError(f"artefact file missing: {path}")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"artefact file corrupt: {path} is not JSON ({err})") from None
 
 
 class RetrievalModel:
@@ -224,9 +249,12 @@ class RetrievalModel:
         names = _read_json(self.artifact_dir / "feature_names.json")
         if names.get("feature_service") != TWO_TOWER_FEATURE_SERVICE:
             raise ArtifactError(f"retrieval artefacts were built for {names.get('feature_service')!r}")
-        self.model_config = TwoTowerModelConfig(**_read_json(self.artifact_dir / "model_config.json"))
+        self.model_config = _model_config(_read_json(self.artifact_dir / "model_config.json"))
         self._model = TwoTowerModel(self.model_config)
-        self._model.load_state_dict(torch.load(self.artifact_dir / "model.pt", weights_only=True))
+        try:
+            self._model.load_state_dict(torch.load(self.artifact_dir / "model.pt", weights_only=True))
+        except RuntimeError as err:  # missing or unexpected tensors: weights of another model shape
+            raise ArtifactError(f"two-tower weights do not fit model_config.json: {err}") from None
         self._model.eval()
         self._user_index = {u: i + 1 for i, u in enumerate(_read_json(self.artifact_dir / "user_ids.json"))}
         self._item_index = {u: i + 1 for i, u in enumerate(_read_json(self.artifact_dir / "item_ids.json"))}
@@ -236,6 +264,10 @@ class RetrievalModel:
         self.index = ItemIndex.load(self.artifact_dir / "index")
         self._seen = {u: set(items) for u, items in _read_json(self.artifact_dir / "seen.json").items()}
         self.content = ItemContent.load(self.artifact_dir) if self.model_config.content_dim else None
+        # Artefacts from before the history input have none and need none (history_length 0).
+        self._history: dict[str, list[str]] = (
+            _read_json(self.artifact_dir / HISTORY_FILE) if self.model_config.history_length else {}
+        )
         popularity = _read_json(self.artifact_dir / "popularity.json")
         self._popular_ids = [str(i) for i, _ in popularity]
         self._popular_scores = np.array([s for _, s in popularity], dtype=np.float32)
@@ -251,13 +283,41 @@ class RetrievalModel:
     def seen_items(self, user_id: str) -> set[str]:
         return self._seen.get(user_id, set())
 
-    def embed_users(self, user_ids: list[str], features: pd.DataFrame) -> np.ndarray:
-        """(n, dim) user embeddings from ids and rows of user features (same order)."""
+    @property
+    def history_length(self) -> int:
+        """How many recent positive items the user tower reads (0: none)."""
+        return self.model_config.history_length
+
+    def recent_items(self, user_id: str) -> list[str]:
+        """The user's last positive items as of the model's data, oldest first (the served history)."""
+        return list(self._history.get(user_id, []))
+
+    def embed_users(
+        self,
+        user_ids: list[str],
+        features: pd.DataFrame,
+        histories: Sequence[Sequence[str]] | None = None,
+    ) -> np.ndarray:
+        """(n, dim) user embeddings from ids and rows of user features (same order).
+
+        Args:
+            histories: per user, the recent positive items (oldest first) the user tower reads, as of
+                the moment judged; None takes each user's history as of the model's data
+                (:meth:`recent_items`), which is what serving has. Offline evaluation passes the history
+                before its window, since the stored one may hold the window itself.
+        """
         import torch
 
         ids = torch.as_tensor([self._user_index.get(u, 0) for u in user_ids], dtype=torch.long)
+        history = None
+        if self.history_length:
+            chosen = histories if histories is not None else [self.recent_items(u) for u in user_ids]
+            if len(chosen) != len(user_ids):
+                raise ValueError(f"{len(chosen)} histories for {len(user_ids)} users")
+            rows = [[self._item_index.get(str(i), 0) for i in h] for h in chosen]
+            history = torch.as_tensor(pad_history(rows, self.history_length))
         with torch.no_grad():
-            emb = self._model.user_tower(ids, torch.as_tensor(user_dense_from_frame(features)))
+            emb = self._model.user_embedding(ids, torch.as_tensor(user_dense_from_frame(features)), history)
         return np.asarray(emb.numpy(), dtype=np.float32)
 
     def embed_items(self, item_ids: list[str], features: pd.DataFrame) -> np.ndarray:
@@ -325,42 +385,40 @@ class RankingModel:
     The feature service is the one recorded at training time: serving and evaluation read that one.
     """
 
+    kind = LIGHTGBM_KIND
+
     def __init__(self, artifact_dir: Path, version: str) -> None:
         import lightgbm as lgb
 
         self.artifact_dir = Path(artifact_dir)
         self.version = version
-        names = _read_json(self.artifact_dir / "feature_names.json")
-        service = str(names.get("feature_service"))
-        try:
-            expected = ranker_feature_names(service)
-        except RankerFeatureError as err:
-            raise ArtifactError(f"ranker artefacts were built for {err}") from None
-        if tuple(names.get("features", ())) != expected:
-            raise ArtifactError(f"ranker artefacts were trained on other features than {service} takes")
-        self.feature_service = service
+        self.feature_service = ranker_artifact_service(self.artifact_dir)
         model_file = self.artifact_dir / RANKER_MODEL_FILE
         if not model_file.exists():
             raise ArtifactError(f"artefact file missing: {model_file}")
         self._booster = lgb.Booster(model_file=str(model_file))
-        calibration_file = self.artifact_dir / CALIBRATION_FILE
-        self.calibrator: PlattCalibrator | None = None
-        if calibration_file.exists():
-            try:
-                self.calibrator = PlattCalibrator.load(calibration_file)
-            except CalibrationError as err:
-                raise ArtifactError(f"ranker calibration unreadable: {err}") from None
+        self.calibrator = ranker_artifact_calibrator(self.artifact_dir)
 
     @classmethod
     def load(cls, artifact_dir: Path, version: str) -> RankingModel:
-        return cls(artifact_dir, version)
+        """The ranker in ``artifact_dir``, of the kind its feature_names.json records (LightGBM if none)."""
+        names = _read_json(Path(artifact_dir) / "feature_names.json")
+        kind = names.get("kind", LIGHTGBM_KIND) if isinstance(names, dict) else None
+        if kind == LIGHTGBM_KIND:
+            return RankingModel(artifact_dir, version)
+        if kind == MULTITASK_KIND:
+            from training.multitask_runtime import MultiTaskRankingModel
+
+            return MultiTaskRankingModel(artifact_dir, version)
+        raise ArtifactError(f"unknown ranker kind {kind!r} in {artifact_dir}")
 
     @property
     def calibrated(self) -> bool:
         return self.calibrator is not None
 
-    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Raw scores for rows already built by build_ranker_matrix (batch evaluation)."""
+    def predict_matrix(self, matrix: np.ndarray, surface: str | None = None) -> np.ndarray:
+        """Raw scores for rows already built by build_ranker_matrix (batch evaluation); one LightGBM model
+        serves every surface, so ``surface`` changes nothing here."""
         if len(matrix) == 0:
             return np.zeros(0, dtype=np.float64)
         return np.asarray(self._booster.predict(matrix, num_threads=1), dtype=np.float64)
@@ -384,11 +442,44 @@ class RankingModel:
         return raw, self.probabilities(raw)
 
     def score(
-        self, user_features: Mapping[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
+        self,
+        user_features: Mapping[str, Any],
+        item_features: pd.DataFrame,
+        retrieval_scores: np.ndarray,
+        surface: str | None = None,
     ) -> np.ndarray:
-        """(n_candidates,) raw ranking scores, higher is better, in the order of `item_features` rows."""
+        """(n_candidates,) raw ranking scores, higher is better, in the order of `item_features` rows.
+
+        ``surface`` is the request's (recsys.vocab.SURFACES); a multi-task ranker mixes its heads by it.
+        """
         matrix = build_ranker_matrix(user_features, item_features, retrieval_scores, self.feature_service)
-        return self.predict_matrix(matrix)
+        return self.predict_matrix(matrix, surface)
+
+
+def ranker_artifact_service(directory: Path) -> str:
+    """The feature service a ranker's artefacts were trained on, checked against its feature names."""
+    names = _read_json(directory / "feature_names.json")
+    if not isinstance(names, dict):
+        raise ArtifactError(f"artefact file corrupt: {directory / 'feature_names.json'} holds no object")
+    service = str(names.get("feature_service"))
+    try:
+        expected = ranker_feature_names(service)
+    except RankerFeatureError as err:
+        raise ArtifactError(f"ranker artefacts were built for {err}") from None
+    if tuple(names.get("features", ())) != expected:
+        raise ArtifactError(f"ranker artefacts were trained on other features than {service} takes")
+    return service
+
+
+def ranker_artifact_calibrator(directory: Path) -> PlattCalibrator | None:
+    """The ranker's calibration, or None for artefacts written before rankers were calibrated."""
+    calibration_file = directory / CALIBRATION_FILE
+    if not calibration_file.exists():
+        return None
+    try:
+        return PlattCalibrator.load(calibration_file)
+    except CalibrationError as err:
+        raise ArtifactError(f"ranker calibration unreadable: {err}") from None
 
 
 def write_ranker_artifacts(
@@ -402,5 +493,14 @@ def write_ranker_artifacts(
     directory.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(directory / RANKER_MODEL_FILE), num_iteration=booster.best_iteration or None)
     calibrator.save(directory / CALIBRATION_FILE)
-    names = {"feature_service": feature_service, "features": list(ranker_feature_names(feature_service))}
+    write_ranker_feature_names(directory, feature_service, LIGHTGBM_KIND)
+
+
+def write_ranker_feature_names(directory: Path, feature_service: str, kind: str) -> None:
+    """feature_names.json of a ranker: its feature service, the matrix columns, and the model kind."""
+    names = {
+        "feature_service": feature_service,
+        "features": list(ranker_feature_names(feature_service)),
+        "kind": kind,
+    }
     (directory / "feature_names.json").write_text(json.dumps(names))

@@ -58,13 +58,33 @@ def training_fingerprint(config: PipelineConfig, dataset_version: str) -> str:
         "dataset_version": dataset_version,
         "split": config.split.model_dump(mode="json"),
         "snapshot_every_days": config.features.snapshot_every_days,
-        "two_tower": config.two_tower.model_dump(mode="json", exclude={"num_workers", "use_gpu"}),
-        "ranker": config.ranker.model_dump(mode="json", exclude={"num_threads"}),
+        "two_tower": _two_tower_payload(config),
+        "ranker": _ranker_payload(config),
         "code_revision": CODE_REVISION,
     }
     if uses_content(config):
         payload["item_content"] = True  # absent otherwise, so older fingerprints stay valid
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _two_tower_payload(config: PipelineConfig) -> dict[str, Any]:
+    """The two-tower settings that decide the model; the history and ID-dropout settings are left out
+    while both are off, so fingerprints from before they existed stay valid."""
+    payload = config.two_tower.model_dump(mode="json", exclude={"num_workers", "use_gpu"})
+    if not config.two_tower.history_length and not config.two_tower.id_dropout:
+        for key in ("history_length", "history_shared", "id_dropout"):
+            payload.pop(key, None)
+    return payload
+
+
+def _ranker_payload(config: PipelineConfig) -> dict[str, Any]:
+    """The ranker settings that decide the model; a LightGBM ranker's leave the multi-task section out,
+    so fingerprints from before the multi-task ranker existed stay valid."""
+    if config.ranker.kind == "lightgbm":
+        return config.ranker.model_dump(mode="json", exclude={"num_threads", "kind", "multitask"})
+    return config.ranker.model_dump(
+        mode="json", exclude={"num_threads": True, "multitask": {"num_workers", "use_gpu"}}
+    )
 
 
 def uses_content(config: PipelineConfig) -> bool:
@@ -119,6 +139,13 @@ def snapshot_grid(events: pd.DataFrame, every_days: int) -> list[Any]:
 
     ts = pd.to_datetime(events["event_ts"], utc=True)
     return snapshot_times(ts.min().to_pydatetime(), ts.max().to_pydatetime(), every_days)
+
+
+def _histories(events: list[pd.DataFrame], rows: pd.DataFrame, n: int) -> list[list[str]] | None:
+    """The history input of each example row (user_id, event_timestamp), or None when it is off."""
+    from training.examples import recent_positive_items
+
+    return recent_positive_items(pd.concat(events, ignore_index=True), rows, n) if n else None
 
 
 def _with_ts(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -186,9 +213,14 @@ def run_train(
             content = ItemContent.from_rows(content_rows) or None
         train_rows = historical_features(store, _with_ts(train_pos, columns), TWO_TOWER_FEATURE_SERVICE)
         val_rows = historical_features(store, _with_ts(val_pos, columns), TWO_TOWER_FEATURE_SERVICE)
-        train_examples = ex.two_tower_examples(train_rows, users, items, content)
-        val_examples = ex.two_tower_examples(val_rows, users, items, content)
         tt = config.two_tower
+        # Each example's history: the user's positives strictly before it (validation examples also
+        # see the validation positives before them, as a served user would).
+        n_history = tt.history_length
+        train_history = _histories([split.train], train_rows, n_history)
+        val_history = _histories([split.train, split.validation], val_rows, n_history)
+        train_examples = ex.two_tower_examples(train_rows, users, items, content, train_history, n_history)
+        val_examples = ex.two_tower_examples(val_rows, users, items, content, val_history, n_history)
         model_config = TwoTowerModelConfig(
             n_users=len(users) + 1,
             n_items=len(items) + 1,
@@ -196,6 +228,8 @@ def run_train(
             embedding_dim=tt.embedding_dim,
             hidden_dim=tt.hidden_dim,
             content_dim=0 if content is None else content.dim,
+            history_length=tt.history_length,
+            history_shared=tt.history_shared,
         )
 
         status.update(f"two-tower: Ray Train, {tt.epochs} epochs over {len(train_examples)} positives")
@@ -239,6 +273,8 @@ def run_train(
                 ex.popularity(dataset.events),
                 config.two_tower.index,
                 content,
+                # Serving reads the history as of everything the model was trained from.
+                ex.history_at_cut(dataset.events, users, tt.history_length) if tt.history_length else None,
             )
             retrieval = RetrievalModel.load(tower_dir, "candidate")
 
@@ -254,6 +290,7 @@ def run_train(
                 ex.items_by_user(split.train),
                 n,
                 progress=lambda message: status.update(f"ranker: {message}"),
+                histories=ex.history_at_cut(split.train, starts["user_id"], tt.history_length),
             )
             relevant = ex.items_by_user(val_pos)
             candidates = sorted_by_user(candidates)
@@ -261,11 +298,16 @@ def run_train(
             n_relevant = sum(len(v) for u, v in relevant.items() if u in set(starts["user_id"]))
             candidate_recall = float(labels.sum()) / max(n_relevant, 1)
 
-            service = config.ranker.feature_service
-            status.update(f"ranker: {service} features for {len(candidates)} candidates, LightGBM lambdarank")
+            service, kind = config.ranker.feature_service, config.ranker.kind
+            status.update(f"ranker: {service} features for {len(candidates)} candidates, {kind}")
             features, sizes, _ = ranker_inputs(store, historical_features, candidates, service)
-            ranked = train_ranker(features, labels, sizes, config.ranker)
-            write_ranker_artifacts(ranker_dir, ranked.booster, ranked.calibrator, service)
+            if kind == "multitask":
+                ranked = _train_multitask(
+                    config, state, candidates, split.validation, dataset.items, features, sizes, ranker_dir
+                )
+            else:
+                ranked = train_ranker(features, labels, sizes, config.ranker)
+                write_ranker_artifacts(ranker_dir, ranked.booster, ranked.calibrator, service)
             console.print(f"ranker trained: {_fmt(ranked.metrics)}")
 
             status.update("MLflow: logging and registering both models")
@@ -297,7 +339,7 @@ def run_train(
                 artifact_dir=ranker_dir,
                 params={**config.ranker.model_dump(mode="json"), "two_tower_version": tower_version},
                 metrics=ranked.metrics,
-                tags={**base_tags, "feature_service": service},
+                tags={**base_tags, "feature_service": service, "ranker_kind": kind},
                 alias=alias,
             )
     shutil.rmtree(state.ray, ignore_errors=True)
@@ -313,6 +355,36 @@ def run_train(
         metrics={**tower_metrics, **ranked.metrics},
         alias=alias,
     )
+
+
+def _train_multitask(
+    config: PipelineConfig,
+    state: StateDir,
+    candidates: pd.DataFrame,
+    window_events: pd.DataFrame,
+    items: pd.DataFrame,
+    features: Any,
+    sizes: Any,
+    ranker_dir: Path,
+) -> Any:
+    """Train the multi-task ranker on the candidate rows (click and satisfaction labels from the
+    validation window) through Ray Train, and write its artefacts."""
+    from training.multitask_runtime import write_multitask_artifacts
+    from training.multitask_train import surface_weights, task_labels, train_multitask_ranker
+
+    # ranker_inputs orders rows stably by user, as sorted_by_user already did: labels stay aligned.
+    labels = task_labels(candidates, window_events, items)
+    ranked = train_multitask_ranker(features, labels, sizes, config.ranker, state.ray)
+    write_multitask_artifacts(
+        ranker_dir,
+        ranked.state_dict,
+        ranked.model_config,
+        surface_weights(config.ranker),
+        ranked.int8,
+        ranked.calibrator,
+        config.ranker.feature_service,
+    )
+    return ranked
 
 
 def _fmt(metrics: dict[str, float]) -> str:

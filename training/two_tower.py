@@ -2,10 +2,16 @@
 
 No IO here: a frozen config in, tensors out. Index 0 of both ID tables is reserved for ids the model did
 not see in training, so cold users and items still get an embedding from their features alone.
+
+The user tower also reads the user's recent positive items (``history_length`` > 0): their item-ID
+embeddings, mean-pooled over the real entries (0 pads a short history, and an item without an ID row
+carries nothing), projected and added to the user's ID embedding and dense MLP. A user the model never
+saw is then placed by what they liked, not by genre affinity alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +34,10 @@ class TwoTowerModelConfig:
     hidden_dim: int = 128
     # Width of the item content embedding the item tower also reads (0: none, as before content existed).
     content_dim: int = 0
+    # Recent positive items the user tower pools (0: none, as before history existed).
+    history_length: int = 0
+    # Pool the item tower's own ID embeddings (True) or a separate table of the same size (False).
+    history_shared: bool = True
 
     @property
     def user_dense_dim(self) -> int:
@@ -80,8 +90,35 @@ def item_dense_features(
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
+def pad_history(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+    """Histories of item-table rows as an (n, length) int64 matrix: each row's last ``length`` entries,
+    oldest first, left-aligned and padded with 0 (which :func:`masked_mean` ignores)."""
+    out = np.zeros((len(rows), length), dtype=np.int64)
+    if length <= 0:
+        return out
+    for i, row in enumerate(rows):
+        tail = list(row)[-length:]
+        out[i, : len(tail)] = tail
+    return out
+
+
+def masked_mean(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each row's embeddings where ``mask`` is set; zeros for a row with none.
+
+    Args:
+        embeddings: (batch, length, dim).
+        mask: (batch, length) bool.
+
+    Returns:
+        (batch, dim).
+    """
+    weights = mask.to(embeddings.dtype).unsqueeze(-1)  # (batch, length, 1)
+    total = (embeddings * weights).sum(dim=1)  # (batch, dim)
+    return total / weights.sum(dim=1).clamp(min=1.0)
+
+
 class Tower(nn.Module):
-    """ID embedding plus an MLP over dense features, summed and L2-normalised."""
+    """ID embedding plus an MLP over dense features (plus any extra input), summed and L2-normalised."""
 
     def __init__(self, n_ids: int, dense_dim: int, embedding_dim: int, hidden_dim: int) -> None:
         super().__init__()
@@ -93,9 +130,13 @@ class Tower(nn.Module):
             nn.Linear(hidden_dim, embedding_dim),
         )
 
-    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        # ids: (batch,) int64; dense: (batch, dense_dim) -> (batch, embedding_dim), unit norm
-        return F.normalize(self.ids(ids) + self.mlp(dense), dim=-1)
+    def forward(
+        self, ids: torch.Tensor, dense: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # ids: (batch,) int64; dense: (batch, dense_dim); extra: (batch, embedding_dim) or None
+        # -> (batch, embedding_dim), unit norm
+        summed = self.ids(ids) + self.mlp(dense)
+        return F.normalize(summed if extra is None else summed + extra, dim=-1)
 
 
 class TwoTowerModel(nn.Module):
@@ -110,6 +151,36 @@ class TwoTowerModel(nn.Module):
         self.item_tower = Tower(
             config.n_items, config.item_dense_dim, config.embedding_dim, config.hidden_dim
         )
+        self.history_items: nn.Embedding | None = None
+        self.history_proj: nn.Linear | None = None
+        if config.history_length > 0:
+            if not config.history_shared:
+                self.history_items = nn.Embedding(config.n_items, config.embedding_dim)
+                nn.init.normal_(self.history_items.weight, std=0.05)
+            # Starts as the identity: the pooled items begin where the items themselves sit.
+            self.history_proj = nn.Linear(config.embedding_dim, config.embedding_dim, bias=False)
+            nn.init.eye_(self.history_proj.weight)
+
+    def pooled_history(self, history: torch.Tensor) -> torch.Tensor:
+        """(batch, length) item-table rows, 0 = padding -> (batch, embedding_dim) projected masked mean."""
+        if self.history_proj is None:
+            raise ValueError("this two-tower model has no history input (history_length is 0)")
+        table = self.history_items if self.history_items is not None else self.item_tower.ids
+        pooled: torch.Tensor = self.history_proj(masked_mean(table(history), history > 0))
+        return pooled
+
+    def user_embedding(
+        self, user_ids: torch.Tensor, user_dense: torch.Tensor, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(batch, embedding_dim) unit user vectors; ``history`` (batch, length) is read when the model
+        has a history input (None, or a zero-width matrix, then means an empty history)."""
+        extra = None
+        if self.history_proj is not None:
+            if history is None or history.shape[1] == 0:
+                history = torch.zeros((len(user_ids), 1), dtype=torch.long, device=user_ids.device)
+            extra = self.pooled_history(history)
+        users: torch.Tensor = self.user_tower(user_ids, user_dense, extra)
+        return users
 
     def forward(
         self,
@@ -117,9 +188,22 @@ class TwoTowerModel(nn.Module):
         user_dense: torch.Tensor,
         item_ids: torch.Tensor,
         item_dense: torch.Tensor,
+        history: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # -> (batch, embedding_dim) user embeddings, (batch, embedding_dim) item embeddings
-        return self.user_tower(user_ids, user_dense), self.item_tower(item_ids, item_dense)
+        return self.user_embedding(user_ids, user_dense, history), self.item_tower(item_ids, item_dense)
+
+
+def drop_ids(ids: torch.Tensor, rate: float) -> torch.Tensor:
+    """``ids`` with each entry replaced by the unknown row 0 with probability ``rate`` (ID dropout).
+
+    Training then also visits row 0, next to features, history and content, so users and items unseen
+    in training are served by a row that learnt something, and the towers learn to lean on their inputs.
+    """
+    if rate <= 0:
+        return ids
+    keep = torch.rand(ids.shape, device=ids.device) >= rate
+    return torch.where(keep, ids, torch.zeros_like(ids))
 
 
 def in_batch_softmax_loss(
