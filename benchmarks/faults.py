@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from typing import Any
 
 import aiohttp
 import pandas as pd
-from load import running
+from load import free_port, running
 from saving import run_meta, save
 
 from recsys.config import load_config
@@ -55,12 +54,6 @@ class Timeline:
     events_acked: list[str] = field(default_factory=list)
     events_failed: int = 0
     start: float = 0.0  # perf_counter at second 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _redis_binary() -> str:
@@ -250,7 +243,7 @@ def main() -> None:
     down, up = args.duration / 3, 2 * args.duration / 3
 
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         redis_proc = start_redis(port, Path(tmp), logs / "faults-redis-server.log")
         redis_set = ["features.online_store=redis", f"features.redis_url=redis://127.0.0.1:{port}/0"]
         overrides = [*args.overrides, *redis_set]
@@ -263,7 +256,7 @@ def main() -> None:
         def serving_on_a_free_port() -> tuple[list[str], str]:
             # A port of its own per server: a server just stopped, or another on this machine, may still
             # hold the configured one, and would answer in this one's place.
-            free = _free_port()
+            free = free_port()
             return [*serve_cmd, "--set", f"serve.port={free}"], f"http://{config.serve.host}:{free}"
 
         holder: dict[str, subprocess.Popen[bytes]] = {"redis": redis_proc}

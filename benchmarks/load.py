@@ -20,6 +20,7 @@ import asyncio
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,6 +69,13 @@ class _Outcome:
 
 
 BodyMaker = Callable[[int], dict[str, Any]]
+
+
+def free_port() -> int:
+    """A port nothing listens on now: servers started by a benchmark never meet a stale one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def _send(session: aiohttp.ClientSession, url: str, body: dict[str, Any], started: float) -> _Outcome:
@@ -255,7 +263,7 @@ def main() -> None:
     logs = state.root / "load"
     logs.mkdir(parents=True, exist_ok=True)
     if not args.skip_echo:
-        echo_port = config.serve.port + 1
+        echo_port = free_port()
         echo = [sys.executable, str(HERE / "echo_app.py"), "--port", str(echo_port)]
         base = f"http://{config.serve.host}:{echo_port}"
         with running(echo, base, logs / "echo.log"):
@@ -265,7 +273,9 @@ def main() -> None:
         serve_cmd += ["--config", str(args.config)]
     for override in args.overrides:
         serve_cmd += ["--set", override]
-    base = f"http://{config.serve.host}:{config.serve.port}"
+    serve_port = free_port()
+    serve_cmd += ["--set", f"serve.port={serve_port}"]
+    base = f"http://{config.serve.host}:{serve_port}"
     with running(serve_cmd, base, logs / "serve.log"):
         levels += measure("recsys serve", base, make, args.rates, args.concurrency, args.duration)
 

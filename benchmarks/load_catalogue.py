@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from faults import _free_port, start_redis
-from load import HERE, Level, best_rate, level_table, measure, running
+from faults import start_redis
+from load import HERE, Level, best_rate, free_port, level_table, measure, running
 from saving import run_meta, save
 
 from recsys.config import PipelineConfig, load_config
@@ -231,7 +231,7 @@ def main() -> None:
         parser.error("--items must be at least 1")
 
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         redis_proc = start_redis(port, Path(tmp))
         try:
             run(args, port)
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace, port: int) -> None:
         f"features.redis_url=redis://127.0.0.1:{port}/0",
         f"serve.n_candidates={args.candidates}",
         # Ports of its own: another server on this machine may hold the configured one.
-        f"serve.port={_free_port()}",
+        f"serve.port={free_port()}",
     ]
     config = load_config(args.config, overrides)
     state = StateDir(config.state_dir)
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace, port: int) -> None:
     levels: list[Level] = []
     logs = state.root / "load"
     logs.mkdir(parents=True, exist_ok=True)
-    echo_port = _free_port()
+    echo_port = free_port()
     echo = [sys.executable, str(HERE / "echo_app.py"), "--port", str(echo_port)]
     base = f"http://{config.serve.host}:{echo_port}"
     with running(echo, base, logs / "echo.log"):
