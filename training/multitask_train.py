@@ -36,6 +36,7 @@ from training.multitask import (
 )
 from training.ranker import HOLDOUT_FRACTION, RankerDataError
 from training.ranker_features import ranker_feature_names
+from training.ray_train import CHECKPOINT_FILE, fit_on_ray, wants_gpu
 
 SATISFACTION = TASKS.index("satisfaction")
 NDCG_K = 10
@@ -238,7 +239,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            torch.save(best_state, Path(tmp) / "model.pt")
+            torch.save(best_state, Path(tmp) / CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(final, checkpoint=checkpoint)
 
@@ -247,36 +248,10 @@ def _fit_on_ray(
     loop_config: dict[str, Any], cfg: RankerConfig, storage_dir: Path
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Run the loop on a TorchTrainer; (best state dict, final metrics)."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from training.retrieval import _ensure_ray
-
     mt = cfg.multitask
-    use_gpu = torch.cuda.is_available() if mt.use_gpu == "auto" else mt.use_gpu == "yes"
-    started_ray = _ensure_ray()
-    try:
-        import ray
-
-        trainer = TorchTrainer(
-            _train_loop,
-            train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=mt.num_workers, use_gpu=use_gpu),
-            run_config=RunConfig(
-                name=f"multitask-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6}",
-                storage_path=str(Path(storage_dir).resolve()),
-            ),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None or result.metrics is None:
-            raise RuntimeError(f"multi-task ranker training returned no checkpoint: {result.error}")
-        with result.checkpoint.as_directory() as ckpt:
-            state = torch.load(Path(ckpt) / "model.pt", weights_only=True)
-        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-    finally:
-        if started_ray:
-            ray.shutdown()
-    return state, metrics
+    return fit_on_ray(
+        _train_loop, loop_config, mt.num_workers, wants_gpu(mt.use_gpu), storage_dir, "multitask"
+    )
 
 
 def train_multitask_ranker(

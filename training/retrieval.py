@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from recsys.config import TwoTowerConfig
+from training.ray_train import CHECKPOINT_FILE, fit_on_ray, wants_gpu
 from training.two_tower import TwoTowerModel, TwoTowerModelConfig, drop_ids, in_batch_softmax_loss
 
 EVAL_BATCH = 1024
@@ -177,24 +178,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                torch.save({k: v.cpu() for k, v in base.state_dict().items()}, Path(tmp) / "model.pt")
+                torch.save({k: v.cpu() for k, v in base.state_dict().items()}, Path(tmp) / CHECKPOINT_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _ensure_ray() -> bool:
-    """Start a small local Ray unless one is already up (a cluster via RAY_ADDRESS, or a caller's)."""
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    return True
 
 
 def train_retrieval(
@@ -215,37 +201,21 @@ def train_retrieval(
         storage_dir: where Ray Train keeps its run folder (inside the state directory).
         logq_correction: subtract log item frequency from in-batch logits.
     """
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     if len(train) < 2:
         raise ValueError(f"two-tower training needs at least 2 positive examples, got {len(train)}")
-    use_gpu = torch.cuda.is_available() if cfg.use_gpu == "auto" else cfg.use_gpu == "yes"
-    started_ray = _ensure_ray()
-    try:
-        trainer = TorchTrainer(
-            _train_loop,
-            train_loop_config={
-                "cfg": cfg,
-                "model_config": model_config,
-                "train": train,
-                "validation": validation,
-                "log_q": item_log_q(train.item_idx, model_config.n_items) if logq_correction else None,
-            },
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
-            run_config=RunConfig(
-                name=f"two-tower-{time.strftime('%Y%m%d-%H%M%S')}-{time.perf_counter_ns() % 10**6}",
-                storage_path=str(Path(storage_dir).resolve()),
-            ),
-        )
-        result = trainer.fit()
-        if result.checkpoint is None or result.metrics is None:
-            raise RuntimeError(f"two-tower training returned no checkpoint: {result.error}")
-        with result.checkpoint.as_directory() as ckpt:
-            state_dict = torch.load(Path(ckpt) / "model.pt", weights_only=True)
-        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-    finally:
-        if started_ray:
-            ray.shutdown()
+    use_gpu = wants_gpu(cfg.use_gpu)
+    state_dict, metrics = fit_on_ray(
+        _train_loop,
+        {
+            "cfg": cfg,
+            "model_config": model_config,
+            "train": train,
+            "validation": validation,
+            "log_q": item_log_q(train.item_idx, model_config.n_items) if logq_correction else None,
+        },
+        cfg.num_workers,
+        use_gpu,
+        storage_dir,
+        "two-tower",
+    )
     return RetrievalTrainResult(state_dict=state_dict, model_config=model_config, metrics=metrics)
