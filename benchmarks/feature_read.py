@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from saving import earlier_runs, save
 
-RESULTS = Path(__file__).parent / "results"
 SNAPSHOT = datetime(2020, 1, 1, tzinfo=UTC)
 
 
@@ -197,8 +197,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
-    results_file = RESULTS / "feature_read.json"
-    results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {"runs": {}}
+    results = earlier_runs("feature_read")
     for kind in args.store or ["sqlite"]:
         figures = run(kind, args.redis_url, args.users, args.items, args.candidates, args.repeats)
         results["runs"][kind] = figures
@@ -210,9 +209,7 @@ def main() -> None:
         f".venv/bin/python benchmarks/feature_read.py {stores} --items {args.items} "
         f"--candidates {args.candidates} --repeats {args.repeats}"
     )
-    RESULTS.mkdir(exist_ok=True)
-    results_file.write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "feature_read.md").write_text(_markdown(results))
+    save("feature_read", results, _markdown(results))
     print(_markdown(results))
 
 

@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from saving import earlier_runs, save
 
-RESULTS = Path(__file__).parent / "results"
 SNAPSHOT = datetime(2020, 1, 1, tzinfo=UTC)
 SERVICE = "ranker_v1"
 # Readers timed together, each phase against its own raw baseline.
@@ -286,8 +286,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--output", default="feature_read_packed", help="results file name, without suffix")
     args = parser.parse_args()
-    results_file = RESULTS / f"{args.output}.json"
-    results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {"runs": {}}
+    results = earlier_runs(args.output)
     for kind in args.store or ["redis", "sqlite"]:
         figures = run(kind, args.redis_url, args.users, args.items, args.candidates, args.repeats)
         results["runs"][kind] = figures
@@ -299,9 +298,7 @@ def main() -> None:
         f".venv/bin/python benchmarks/feature_read_packed.py {stores} --users {args.users} "
         f"--items {args.items} --candidates {args.candidates} --repeats {args.repeats}"
     )
-    RESULTS.mkdir(exist_ok=True)
-    results_file.write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{args.output}.md").write_text(_markdown(results))
+    save(args.output, results, _markdown(results))
     print(_markdown(results))
 
 

@@ -28,3 +28,11 @@ def save(name: str, data: dict[str, Any], markdown: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+
+
+def earlier_runs(name: str) -> dict[str, Any]:
+    """What ``results/<name>.json`` holds, or ``{"runs": {}}``: benchmarks that measure one store per
+    run keep the other stores' figures beside the new ones."""
+    path = RESULTS / f"{name}.json"
+    loaded: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    return loaded

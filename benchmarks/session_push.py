@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from saving import earlier_runs, save
 
-RESULTS = Path(__file__).parent / "results"
 SNAPSHOT = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -154,8 +154,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--items", type=int, default=5_000)
     args = parser.parse_args()
-    results_file = RESULTS / "session_push.json"
-    results: dict[str, Any] = json.loads(results_file.read_text()) if results_file.exists() else {"runs": {}}
+    results = earlier_runs("session_push")
     for kind in args.store or ["sqlite"]:
         figures = run(kind, args.redis_url, args.events, args.users, args.items)
         results["runs"][kind] = figures
@@ -164,9 +163,7 @@ def main() -> None:
     results["command"] = f".venv/bin/python benchmarks/session_push.py {stores} --events {args.events}"
     results["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
-    RESULTS.mkdir(exist_ok=True)
-    results_file.write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "session_push.md").write_text(_markdown(results))
+    save("session_push", results, _markdown(results))
 
 
 if __name__ == "__main__":
