@@ -280,8 +280,9 @@ class Recommender:
         queue = self.metrics.queue_depth.labels(deployment="ranking")
         queue.inc()
         try:
-            # The request id travels with the candidates so shadow scoring can log against it.
-            sent = candidates.with_details(request_id=request_id)
+            # The request id travels with the candidates so shadow scoring can log against it; the
+            # surface so a multi-task ranker mixes its heads for it.
+            sent = candidates.with_details(request_id=request_id, surface=request.surface)
             ranked = await asyncio.wait_for(
                 self._ranking.rank(request.user_id, sent, *variant), timeout=self._ranking_timeout_s
             )

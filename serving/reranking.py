@@ -155,23 +155,26 @@ def mmr_order(relevance: np.ndarray, vectors: np.ndarray | None, lam: float, dep
     similarity = unit @ unit.T  # (n, n) cosine
     weight = 1.0 - lam
     gain = lam * relevance
+    # value = gain - weight * (max similarity to the picks), kept as the minimum over the picks of
+    # gain - weight * similarity: the same numbers (rounding is monotone), fewer passes per step.
     # Before the first pick there is nothing to be similar to: the first step is pure relevance.
     value = gain.copy()
-    max_sim = np.full(n, -np.inf)
-    blocked = np.zeros(n)  # -inf once picked
-    penalty = np.empty(n)
+    candidate = np.empty(n)
+    taken = np.zeros(n, dtype=bool)
     picked = np.empty(min(depth, n), dtype=np.int64)
     for step in range(len(picked)):
         best = int(np.argmax(value))
         picked[step] = best
-        blocked[best] = -np.inf
+        taken[best] = True
         # In place: this loop is the per-request cost of re-ranking, about n steps of O(n) work.
-        np.maximum(max_sim, similarity[best], out=max_sim)
-        np.multiply(max_sim, weight, out=penalty)
-        np.subtract(gain, penalty, out=value)
-        value += blocked
-    free = np.isfinite(blocked)
-    rest = by_relevance[free[by_relevance]]
+        np.multiply(similarity[best], weight, out=candidate)
+        np.subtract(gain, candidate, out=candidate)
+        if step == 0:
+            value[:] = candidate
+        else:
+            np.fmin(value, candidate, out=value)  # fmin: a pick stays -inf even against a NaN
+        value[best] = -np.inf
+    rest = by_relevance[~taken[by_relevance]]
     return np.concatenate([picked, rest])
 
 
@@ -333,18 +336,27 @@ def genre_matrix(values: Iterable[object], n: int, width: int) -> np.ndarray:
     >>> genre_matrix([[1, 0], None, [0, 1]], 3, 2).tolist()
     [[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
     """
-    values = list(values)
-    try:  # the usual case, every row a full vector: one conversion instead of a loop over rows
-        dense = np.asarray(values, dtype=np.float64)
-        if dense.shape == (n, width):
-            return np.nan_to_num(dense)
-    except (ValueError, TypeError):
-        pass
+    cells = list(values)
+    rows = [
+        row
+        for row, value in enumerate(cells)
+        if isinstance(value, (list, tuple, np.ndarray)) and len(value) == width
+    ]
     out = np.zeros((n, width), dtype=np.float64)
-    for row, value in enumerate(values):
-        if isinstance(value, (list, tuple, np.ndarray)) and len(value) == width:
-            out[row] = np.nan_to_num(np.asarray(value, dtype=np.float64))
-    return out
+    if not rows:
+        return out
+    present = cells if len(rows) == len(cells) else [cells[row] for row in rows]
+    try:  # every present row a flat vector: one conversion instead of a loop over rows
+        block = np.array(present, dtype=np.float64)
+    except (ValueError, TypeError):
+        block = None
+    if block is not None and block.shape == (len(rows), width):
+        out[rows] = block
+    else:
+        for row, value in zip(rows, present, strict=True):
+            out[row] = np.asarray(value, dtype=np.float64)
+    # NaN -> 0 once for the matrix, not once per row.
+    return np.nan_to_num(out, copy=False)
 
 
 class ItemVectors:

@@ -6,6 +6,7 @@ features and calls the model.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ GENRE_COLUMN = "item_genre_vector"
 AGE_COLUMN = "item_age_days"
 AFFINITY_COLUMN = "user_genre_affinity"
 SESSION_COLD_START = "session"
+# The request's surface (recsys.vocab.SURFACES or None), put in the candidates' details by the ingress.
+SURFACE_DETAIL = "surface"
 
 
 class UnknownItemError(KeyError):
@@ -51,8 +54,9 @@ class Candidates:
     model_version: str
     fallback_reason: str | None = None
     # What the stages measured and passed on: `timings_ms`, `missing_features`, `session_profile`,
-    # `user_overrides` (feature values the session changed), `debug` (a request flag) and, when it is
-    # set, the feature values used. Not part of equality: two lists with the same items are the same.
+    # `user_overrides` (feature values the session changed), `debug` (a request flag), `surface` (the
+    # request's, for the ranker) and, when debug is set, the feature values used. Not part of
+    # equality: two lists with the same items are the same.
     details: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +165,14 @@ def _plain(value: Any) -> Any:
 def _unit(vector: np.ndarray) -> np.ndarray:
     unit: np.ndarray = vector / max(float(np.linalg.norm(vector)), 1e-12)
     return unit
+
+
+def _takes(function: Any, name: str) -> bool:
+    """Whether `function` has a parameter `name` (False when its signature cannot be read)."""
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _ms(started: float) -> float:
@@ -346,6 +358,9 @@ class RankingStage:
         self._rerank = rerank_config
         self._vectors = item_vectors
         self._session_boost = session_boost
+        # Rankers written before surfaces existed take three arguments: the surface goes only to those
+        # that name it (a multi-task ranker mixes its heads by it, LightGBM ignores it).
+        self._takes_surface = _takes(model.score, "surface")
 
     @property
     def version(self) -> str:
@@ -419,9 +434,11 @@ class RankingStage:
         """The ranker's scores of the candidates, the user features it saw and the item frame."""
         user, items = split_features(frame)
         user.update(candidates.details.get("user_overrides", {}))
-        scores = np.asarray(
-            self.model.score(user, items, np.asarray(candidates.scores, dtype=np.float32)), dtype=np.float64
-        )
+        extra: dict[str, Any] = {}
+        if self._takes_surface:
+            extra["surface"] = candidates.details.get(SURFACE_DETAIL)
+        retrieval = np.asarray(candidates.scores, dtype=np.float32)
+        scores = np.asarray(self.model.score(user, items, retrieval, **extra), dtype=np.float64)
         if scores.shape != (len(frame),):
             raise ValueError(f"ranker returned scores of shape {scores.shape} for {len(frame)} candidates")
         return scores, user, items

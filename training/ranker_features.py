@@ -6,7 +6,7 @@ code path, so the ranker never sees a feature computed two ways.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -102,21 +102,63 @@ def _scalar(value: Any) -> float:
         return float("nan")
 
 
-def _genre_vector(value: Any) -> np.ndarray:
-    """A genre list as a float vector of len(GENRES); missing becomes zeros."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return np.zeros(len(GENRES), dtype=np.float32)
-    vector: np.ndarray = np.nan_to_num(np.asarray(value, dtype=np.float32).ravel())
+def _missing(value: Any) -> bool:
+    """None or a float NaN: how a frame holds a list feature the store has no value for."""
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _genre_row(value: Any) -> np.ndarray:
+    """One genre list as a float vector of len(GENRES), NaN kept (the caller zeroes them)."""
+    vector: np.ndarray = np.asarray(value, dtype=np.float32).ravel()
     if len(vector) != len(GENRES):
         raise RankerFeatureError(f"genre vector has length {len(vector)}, expected {len(GENRES)}")
     return vector
 
 
+def _genre_vector(value: Any) -> np.ndarray:
+    """A genre list as a float vector of len(GENRES); missing becomes zeros, NaN values too."""
+    if _missing(value):
+        return np.zeros(len(GENRES), dtype=np.float32)
+    vector: np.ndarray = np.nan_to_num(_genre_row(value))
+    return vector
+
+
 def _known_genre_vector(value: Any) -> np.ndarray | None:
     """A genre list as a float vector, or None when missing (unlike ``_genre_vector``, which gives zeros)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if _missing(value):
         return None
     return _genre_vector(value)
+
+
+def genre_matrix(values: Iterable[Any]) -> np.ndarray:
+    """A column of genre lists (lists, arrays; None or NaN when missing) as an (n, len(GENRES)) float32
+    matrix: missing rows and NaN values are zeros, a vector of another length is a RankerFeatureError.
+
+    Row for row what ``_genre_vector`` gives, built with one conversion of the present rows (this runs
+    for every candidate of every request).
+
+    >>> genre_matrix([[1.0] + [0.0] * 18, None, np.full(19, np.nan)]).sum(axis=1).tolist()
+    [1.0, 0.0, 0.0]
+    """
+    cells = list(values)
+    rows = [row for row, value in enumerate(cells) if not _missing(value)]
+    if not rows:
+        return np.zeros((len(cells), len(GENRES)), dtype=np.float32)
+    present = cells if len(rows) == len(cells) else [cells[row] for row in rows]
+    try:
+        block = np.array(present, dtype=np.float32)
+    except (ValueError, TypeError):  # ragged or odd cells: row by row, which says what is wrong
+        block = None
+    if block is None or block.shape != (len(rows), len(GENRES)):
+        block = np.stack([_genre_row(value) for value in present])
+    if len(rows) == len(cells):
+        out = block
+    else:
+        out = np.zeros((len(cells), len(GENRES)), dtype=np.float32)
+        out[rows] = block
+    # One pass for the matrix instead of one per row; NaN -> 0 and +-inf -> the largest float32, as before.
+    matrix: np.ndarray = np.nan_to_num(out, copy=False)
+    return matrix
 
 
 def _log1p_scalar(value: float) -> float:
@@ -188,7 +230,7 @@ def build_ranker_matrix(
 
     affinity = _genre_vector(user.get("user_genre_affinity"))  # (n_genres,)
     if "item_genre_vector" in items.columns:
-        genres = np.stack([_genre_vector(v) for v in items["item_genre_vector"]])  # (n, n_genres)
+        genres = genre_matrix(items["item_genre_vector"])  # (n, n_genres)
     else:
         genres = np.zeros((n, len(GENRES)), dtype=np.float32)
     n_genres = genres.sum(axis=1)  # (n,)

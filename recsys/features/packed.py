@@ -368,18 +368,25 @@ def _string_values(group: PackedGroup, records: Records) -> dict[int, list[Any]]
     """Per string column, each record's value: a string or a list of strings (None where null)."""
     assert records.strings is not None
     fixed = records.fixed
-    out: dict[int, list[Any]] = {j: [] for j in group.strings}
-    counts = {j: fixed[f"n{j}"].tolist() for j in group.strings}
-    nulls = {j: fixed["null"][:, j].tolist() for j in group.strings}
-    for i, strings in enumerate(records.strings):
-        at = 0
-        for j in group.strings:
-            n = counts[j][i]
-            if nulls[j][i]:
-                out[j].append(None)
-            else:
-                out[j].append(strings[at : at + n] if group.columns[j].is_list else strings[at])
-            at += n
+    out: dict[int, list[Any]] = {}
+    # Column by column, each record's strings of the column start where the previous columns' end.
+    start = np.zeros(len(fixed), dtype=np.int64)
+    for j in group.strings:
+        count = fixed[f"n{j}"].astype(np.int64)
+        null = fixed["null"][:, j].tolist()
+        begin = start.tolist()
+        if group.columns[j].is_list:
+            end = (start + count).tolist()
+            out[j] = [
+                None if gone else strings[a:b]
+                for strings, a, b, gone in zip(records.strings, begin, end, null, strict=True)
+            ]
+        else:
+            out[j] = [
+                None if gone else strings[a]
+                for strings, a, gone in zip(records.strings, begin, null, strict=True)
+            ]
+        start += count
     return out
 
 
@@ -401,10 +408,8 @@ def python_values(group: PackedGroup, records: Records) -> list[list[Any]]:
 
 
 def _objects(values: list[Any]) -> np.ndarray:
-    cells = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values):
-        cells[i] = value
-    return cells
+    """A 1-d object array of `values` (lists stay list cells, never a second axis)."""
+    return np.fromiter(values, dtype=object, count=len(values))
 
 
 def _per_row(per_record: list[Any], rows: np.ndarray, null: np.ndarray, distinct: bool) -> np.ndarray:
@@ -471,9 +476,15 @@ def frame_columns(group: PackedGroup, records: Records, rows: np.ndarray) -> dic
             # a ranking request).
             lengths = records.fixed[f"n{j}"]
             cells = records.fixed[f"c{j}"]
-            nested = (column.objects[cells] if column.vocabulary else cells).tolist()
-            if not (lengths == column.length).all():
-                nested = [row[:k] for row, k in zip(nested, lengths.tolist(), strict=True)]
+            if (lengths == column.length).all():
+                nested = (column.objects[cells] if column.vocabulary else cells).tolist()
+            else:
+                # Only the values within each list, flat, then cut per record: one list made per record.
+                sizes = lengths.clip(0, column.length)
+                kept = cells[np.arange(column.length) < sizes[:, None]]
+                flat = (column.objects[kept] if column.vocabulary else kept).tolist()
+                ends = np.cumsum(sizes).tolist()
+                nested = [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
             out[column.name] = _per_row(nested, rows, null, distinct)
         elif column.value_type == "BOOL":
             values = taken[f"c{j}"]
