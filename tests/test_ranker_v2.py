@@ -70,6 +70,22 @@ def test_coview_scores_by_hand() -> None:
     assert coview_scores([], [["x"]], [[1]])[0].tolist() == [0.0]
 
 
+def test_coview_scores_take_arrays_as_the_offline_store_returns_them() -> None:
+    # Feast's historical reads give NumPy arrays where serving's packed reads give lists: same scores.
+    neighbours = [np.array(["x", "q", "y"]), np.array(["q"]), float("nan")]
+    counts = [np.array([4, 3, 1]), np.array([2]), float("nan")]
+    score, share = coview_scores(np.array(["x", "y"]), neighbours, counts)
+    assert score.tolist() == [5.0, 0.0, 0.0]
+    np.testing.assert_allclose(share, [5 / 8, 0.0, np.nan])
+    # A zero total: the share is undefined, not a division by zero.
+    assert np.isnan(coview_scores(["x"], [["x"]], [[0]])[1]).all()
+
+
+def test_coview_scores_refuse_counts_that_do_not_line_up() -> None:
+    with pytest.raises(ValueError, match="candidate 1: 2 co-viewed items but 1 counts"):
+        coview_scores(["x"], [["x"], ["x", "y"]], [[1], [3]])
+
+
 def test_v2_columns_by_hand() -> None:
     matrix = build_ranker_matrix(USER, ITEMS, np.array([0.3, 0.2, 0.1]), V2)
     names = ranker_feature_names(V2)
