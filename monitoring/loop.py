@@ -48,6 +48,8 @@ class LoopRecord:
     drift_detected: bool = False
     window: str = ""
     current_window: dict[str, str] = field(default_factory=dict)
+    # How the challenger's two-tower model was trained: `full`, or `finetune from v<champion>`.
+    retrain_mode: str = ""
 
     def step(self, name: str, **details: Any) -> None:
         self.steps.append({"step": name, **details})
@@ -252,9 +254,20 @@ def _retrain(
         record.decision = f"refused: feature columns empty in the newest snapshot: {', '.join(emptied)}"
         record.status = "page"
         return
-    summary = run_train(config, version, alias=CHALLENGER)
+    summary = run_train(config, version, alias=CHALLENGER, retrain=config.loop.retrain)
+    record.retrain_mode = summary.retrain_mode + (
+        f" from v{summary.finetuned_from}" if summary.finetuned_from is not None else ""
+    )
     record.step(
-        "train", two_tower=summary.two_tower_version, ranker=summary.ranker_version, skipped=summary.skipped
+        "train",
+        two_tower=summary.two_tower_version,
+        ranker=summary.ranker_version,
+        skipped=summary.skipped,
+        seconds=round(summary.seconds, 1),
+        retrain_requested=config.loop.retrain,
+        retrain_mode=summary.retrain_mode,
+        finetuned_from=summary.finetuned_from,
+        **({"finetune_refused": summary.finetune_refused} if summary.finetune_refused else {}),
     )
     if alias_version(state, TWO_TOWER_MODEL, CHALLENGER) is None:
         record.decision = f"promoted: first model (v{summary.two_tower_version}) is the champion"
@@ -298,6 +311,7 @@ def _record(state: StateDir, record: LoopRecord, monitor_dir: Path) -> None:
                 "loop_run_id": record.run_id,
                 "dataset_version": record.dataset_version,
                 "decision": record.decision[:4000],
+                **({"retrain_mode": record.retrain_mode} if record.retrain_mode else {}),
             }
         )
         mlflow.log_metrics({k: float(v) for k, v in record.metrics.items() if np.isfinite(v)})

@@ -130,6 +130,11 @@ class TwoTowerConfig(_Frozen):
     use_gpu: Literal["auto", "yes", "no"] = "auto"
     seed: int = 0
     index: IndexConfig = IndexConfig()
+    # Fine-tuning from the champion (`loop.retrain: finetune`): its weights are the starting point, so
+    # fewer passes suffice, and a smaller step refines what it learnt on older data instead of
+    # overwriting it. Both only act in that mode (a full retrain's fingerprint leaves them out).
+    finetune_epochs: int = Field(default=3, ge=1)
+    finetune_lr_factor: float = Field(default=0.3, gt=0, le=1)
 
 
 class HeadWeights(_Frozen):
@@ -327,6 +332,66 @@ class LoopConfig(_Frozen):
     shadow_k: int = Field(default=10, ge=1)
     # Retrain when the schedule is due even without drift; False retrains on drift only.
     follow_schedule: bool = True
+    # `full` trains the two-tower challenger from scratch; `finetune` starts it from the champion's
+    # weights (ids known to both keep their rows) for `two_tower.finetune_epochs`: cheaper, and it keeps
+    # what the champion learnt about ids the new window barely shows. It falls back to `full`, recorded,
+    # when there is no champion or its architecture differs. The ranker is always retrained in full.
+    retrain: Literal["full", "finetune"] = "full"
+
+
+class SearchDimension(_Frozen):
+    """One tuned setting's range: `choice` among `values`, or `uniform` / `loguniform` in [low, high]."""
+
+    kind: Literal["choice", "uniform", "loguniform"]
+    values: tuple[bool | int | float | str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> SearchDimension:
+        if self.kind == "choice":
+            if not self.values:
+                raise ValueError("a choice needs at least one value")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.kind} needs low < high")
+        elif self.kind == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+
+def _two_tower_space() -> dict[str, SearchDimension]:
+    return {
+        "two_tower.embedding_dim": SearchDimension(kind="choice", values=(32, 64, 128)),
+        "two_tower.learning_rate": SearchDimension(kind="loguniform", low=1e-3, high=1e-2),
+        "two_tower.batch_size": SearchDimension(kind="choice", values=(256, 512, 1024)),
+        "two_tower.temperature": SearchDimension(kind="loguniform", low=0.05, high=0.5),
+    }
+
+
+def _multitask_space() -> dict[str, SearchDimension]:
+    return {
+        "ranker.multitask.task_weights.click": SearchDimension(kind="uniform", low=0.1, high=1.0),
+        "ranker.multitask.task_weights.satisfaction": SearchDimension(kind="uniform", low=0.1, high=1.0),
+    }
+
+
+class TuneConfig(_Frozen):
+    """`recsys tune` (training/tune.py): Optuna's TPE over each target's space, one Ray Tune trial each.
+
+    A space maps a setting, written as for `--set`, to its range; the trainer's own validation metric
+    is the objective (two-tower: validation Recall@10; multi-task: the held-out AUC of the served score).
+    """
+
+    trials: int = Field(default=8, ge=1)
+    # Tune on this many users of the dataset version (seeded, as ingest.sample_users); None: all users.
+    sample_users: int | None = Field(default=None, ge=2)
+    # Epochs each trial trains (two_tower.epochs or ranker.multitask.epochs); None keeps the config's.
+    epochs: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    # Trials at once; 0 sizes it to the machine (CPUs, or GPUs when trials train on one).
+    max_concurrent_trials: int = Field(default=0, ge=0)
+    two_tower: dict[str, SearchDimension] = Field(default_factory=_two_tower_space)
+    multitask: dict[str, SearchDimension] = Field(default_factory=_multitask_space)
 
 
 class PipelineConfig(_Frozen):
@@ -347,6 +412,7 @@ class PipelineConfig(_Frozen):
     loop: LoopConfig = LoopConfig()
     simulator: SimulatorConfig = SimulatorConfig()
     experiments: ExperimentsConfig = ExperimentsConfig()
+    tune: TuneConfig = TuneConfig()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,10 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(TwoTowerModel(loop_config["model_config"]))
+    initial = TwoTowerModel(loop_config["model_config"])
+    if loop_config.get("initial_state") is not None:  # a fine-tune starts from the champion's weights
+        initial.load_state_dict(loop_config["initial_state"])
+    model = ray.train.torch.prepare_model(initial)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     log_q = torch.as_tensor(loop_config["log_q"], device=device) if loop_config["log_q"] is not None else None
     shard = train.take(np.arange(rank, len(train), world))
@@ -190,6 +194,7 @@ def train_retrieval(
     cfg: TwoTowerConfig,
     storage_dir: Path,
     logq_correction: bool = False,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> RetrievalTrainResult:
     """Train the two-tower model with a Ray Train TorchTrainer of `cfg.num_workers` workers.
 
@@ -200,6 +205,8 @@ def train_retrieval(
         cfg: training settings; `use_gpu="auto"` uses a GPU when torch sees one.
         storage_dir: where Ray Train keeps its run folder (inside the state directory).
         logq_correction: subtract log item frequency from in-batch logits.
+        initial_state: weights to start from instead of a fresh initialisation (a fine-tune,
+            `training.finetune`); None trains from scratch.
     """
     if len(train) < 2:
         raise ValueError(f"two-tower training needs at least 2 positive examples, got {len(train)}")
@@ -212,6 +219,7 @@ def train_retrieval(
             "train": train,
             "validation": validation,
             "log_q": item_log_q(train.item_idx, model_config.n_items) if logq_correction else None,
+            "initial_state": None if initial_state is None else dict(initial_state),
         },
         cfg.num_workers,
         use_gpu,

@@ -234,6 +234,18 @@ def _read_json(path: Path) -> Any:
         raise ArtifactError(f"artefact file corrupt: {path} is not JSON ({err})") from None
 
 
+def read_two_tower_weights(
+    directory: Path,
+) -> tuple[dict[str, Any], TwoTowerModelConfig, list[str], list[str]]:
+    """(state dict, model config, user ids, item ids) of retrieval artefacts: what a fine-tune starts from."""
+    import torch
+
+    model_config = _model_config(_read_json(directory / "model_config.json"))
+    weights = torch.load(directory / "model.pt", weights_only=True)
+    users, items = _read_json(directory / "user_ids.json"), _read_json(directory / "item_ids.json")
+    return weights, model_config, [str(u) for u in users], [str(i) for i in items]
+
+
 class RetrievalModel:
     """The two-tower retriever: user tower on request, item side precomputed in a FAISS index."""
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from rich.console import Console
@@ -32,6 +32,9 @@ from rich.console import Console
 from recsys.config import PipelineConfig
 from recsys.state import StateDir
 from recsys.vocab import GENRES
+
+if TYPE_CHECKING:
+    from training.two_tower import TwoTowerModelConfig
 
 FINGERPRINT_TAG = "train_fingerprint"
 CODE_REVISION = 3  # bump when a change to training should invalidate existing champions
@@ -50,10 +53,19 @@ class TrainSummary:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     alias: str = "champion"
+    # How the two-tower model was trained (`full` or `finetune` from the champion `finetuned_from`), and
+    # why a requested fine-tune trained in full.
+    retrain_mode: str = "full"
+    finetuned_from: str | None = None
+    finetune_refused: str = ""
 
 
-def training_fingerprint(config: PipelineConfig, dataset_version: str) -> str:
-    """A hash of everything that decides the trained models: data version, split, features, model settings."""
+def training_fingerprint(
+    config: PipelineConfig, dataset_version: str, finetuned_from: str | None = None
+) -> str:
+    """A hash of everything that decides the trained models: data version, split, features, model settings,
+    and for a two-tower model fine-tuned from a champion, that champion's version and the fine-tune
+    settings."""
     payload = {
         "dataset_version": dataset_version,
         "split": config.split.model_dump(mode="json"),
@@ -64,13 +76,23 @@ def training_fingerprint(config: PipelineConfig, dataset_version: str) -> str:
     }
     if uses_content(config):
         payload["item_content"] = True  # absent otherwise, so older fingerprints stay valid
+    if finetuned_from is not None:  # absent for a full retrain, so its fingerprints stay valid
+        tt = config.two_tower
+        payload["finetune"] = {
+            "from": finetuned_from,
+            "epochs": tt.finetune_epochs,
+            "lr_factor": tt.finetune_lr_factor,
+        }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _two_tower_payload(config: PipelineConfig) -> dict[str, Any]:
     """The two-tower settings that decide the model; the history and ID-dropout settings are left out
     while both are off, so fingerprints from before they existed stay valid."""
-    payload = config.two_tower.model_dump(mode="json", exclude={"num_workers", "use_gpu"})
+    # The fine-tune settings count only in a fine-tune (training_fingerprint's `finetune` entry).
+    payload = config.two_tower.model_dump(
+        mode="json", exclude={"num_workers", "use_gpu", "finetune_epochs", "finetune_lr_factor"}
+    )
     if not config.two_tower.history_length and not config.two_tower.id_dropout:
         for key in ("history_length", "history_shared", "id_dropout"):
             payload.pop(key, None)
@@ -130,6 +152,28 @@ def _existing(
         seconds=time.perf_counter() - started,
         metrics=metrics,
         alias=alias,
+        retrain_mode=tower.tags.get("retrain_mode", "full"),
+        finetuned_from=tower.tags.get("finetuned_from"),
+        finetune_refused=tower.tags.get("finetune_refused", ""),
+    )
+
+
+def two_tower_shape(
+    config: PipelineConfig, n_users: int, n_items: int, content_dim: int
+) -> TwoTowerModelConfig:
+    """The two-tower model's sizes for these vocabularies (without the unknown row) and content width."""
+    from training.two_tower import TwoTowerModelConfig
+
+    tt = config.two_tower
+    return TwoTowerModelConfig(
+        n_users=n_users + 1,
+        n_items=n_items + 1,
+        n_genres=len(GENRES),
+        embedding_dim=tt.embedding_dim,
+        hidden_dim=tt.hidden_dim,
+        content_dim=content_dim,
+        history_length=tt.history_length,
+        history_shared=tt.history_shared,
     )
 
 
@@ -155,9 +199,17 @@ def _with_ts(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def run_train(
-    config: PipelineConfig, dataset_version: str | None = None, alias: str | None = None
+    config: PipelineConfig,
+    dataset_version: str | None = None,
+    alias: str | None = None,
+    retrain: Literal["full", "finetune"] = "full",
 ) -> TrainSummary:
-    """Train, index, rank, log and register; see the module docstring for the protocol and `alias`."""
+    """Train, index, rank, log and register; see the module docstring for the protocol and `alias`.
+
+    With ``retrain="finetune"`` the two-tower model starts from the champion's weights
+    (:mod:`training.finetune`) and trains for `two_tower.finetune_epochs`; without a champion, or with one
+    of another architecture, it trains in full and records why. The ranker is always trained in full.
+    """
     import torch
 
     from evaluation.split import load_split
@@ -165,6 +217,7 @@ def run_train(
     from recsys.ingest.snapshot import load_dataset
     from training import examples as ex
     from training.candidates import floor_to_snapshots, generate_candidates, ranker_inputs, sorted_by_user
+    from training.finetune import check_architecture, finetune_settings, initial_weights, plan_retrain
     from training.ranker import train_ranker
     from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, log_and_register
     from training.retrieval import train_retrieval
@@ -177,13 +230,16 @@ def run_train(
         write_ranker_artifacts,
         write_retrieval_artifacts,
     )
-    from training.two_tower import TwoTowerModel, TwoTowerModelConfig
+    from training.two_tower import TwoTowerModel
 
     started = time.perf_counter()
     state = StateDir(config.state_dir)
     version = state.resolve_version(dataset_version)
-    fingerprint = training_fingerprint(config, version)
     alias = target_alias(state, alias)
+    # The content width is read with the features below: this first check leaves it out, the second
+    # (once the model's shape is known) compares it too.
+    plan = plan_retrain(state, retrain, two_tower_shape(config, 0, 0, 0), ignore_content=True)
+    fingerprint = training_fingerprint(config, version, plan.finetuned_from)
     found = _existing(state, fingerprint, version, started, alias)
     if found is not None:
         console.print(f"{alias}s already trained from {version} with this config ({fingerprint}): skipping")
@@ -221,25 +277,26 @@ def run_train(
         val_history = _histories([split.train, split.validation], val_rows, n_history)
         train_examples = ex.two_tower_examples(train_rows, users, items, content, train_history, n_history)
         val_examples = ex.two_tower_examples(val_rows, users, items, content, val_history, n_history)
-        model_config = TwoTowerModelConfig(
-            n_users=len(users) + 1,
-            n_items=len(items) + 1,
-            n_genres=len(GENRES),
-            embedding_dim=tt.embedding_dim,
-            hidden_dim=tt.hidden_dim,
-            content_dim=0 if content is None else content.dim,
-            history_length=tt.history_length,
-            history_shared=tt.history_shared,
-        )
+        model_config = two_tower_shape(config, len(users), len(items), 0 if content is None else content.dim)
+        plan = check_architecture(plan, model_config)
+        if plan.refused:
+            console.print(f"two-tower: fine-tune refused, training in full: {plan.refused}")
+        fingerprint = training_fingerprint(config, version, plan.finetuned_from)
+        warm = initial_weights(plan, model_config, users, items, tt.seed)
+        train_cfg = tt if warm is None else finetune_settings(tt)
 
-        status.update(f"two-tower: Ray Train, {tt.epochs} epochs over {len(train_examples)} positives")
+        how = "from scratch" if warm is None else f"fine-tuning champion v{plan.finetuned_from}"
+        status.update(
+            f"two-tower: Ray Train, {train_cfg.epochs} epochs {how} over {len(train_examples)} positives"
+        )
         trained = train_retrieval(
             train_examples,
             val_examples,
             model_config,
-            tt,
+            train_cfg,
             state.ray,
             logq_correction=config.two_tower.logq_correction,
+            initial_state=None if warm is None else warm[0],
         )
         console.print(f"two-tower trained: {_fmt(trained.metrics)}")
 
@@ -327,9 +384,10 @@ def run_train(
                     "content_dim": model_config.content_dim,
                     "n_train_examples": len(train_examples),
                     "n_validation_examples": len(val_examples),
+                    **({} if warm is None else warm[1].as_params()),
                 },
                 metrics=tower_metrics,
-                tags={**base_tags, "feature_service": TWO_TOWER_FEATURE_SERVICE},
+                tags={**base_tags, "feature_service": TWO_TOWER_FEATURE_SERVICE, **plan.tags()},
                 alias=alias,
             )
             ranker_run, ranker_version = log_and_register(
@@ -354,6 +412,9 @@ def run_train(
         seconds=time.perf_counter() - started,
         metrics={**tower_metrics, **ranked.metrics},
         alias=alias,
+        retrain_mode=plan.mode,
+        finetuned_from=plan.finetuned_from,
+        finetune_refused=plan.refused,
     )
 
 
