@@ -167,12 +167,53 @@ def train(
         "--alias",
         help="Registry alias for the new versions: champion (default) or challenger (champion if none yet).",
     ),
+    tuned: Path | None = typer.Option(
+        None, "--tuned", help="A best.yaml of `recsys tune`: its settings, before any --set."
+    ),
 ) -> None:
     """Train the two-tower retriever (Ray Train) and the ranker (`ranker.kind`); register both in MLflow."""
     from training.stage import run_train
+    from training.tune import tuned_overrides
+
+    try:
+        tuned_set = tuned_overrides(tuned) if tuned is not None else []
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    cfg = _config(config, [*tuned_set, *(set_ or [])])
+    _run("train", lambda: run_train(cfg, dataset_version, alias=alias))
+
+
+@app.command()
+def tune(
+    config: Path | None = ConfigOption,
+    set_: list[str] | None = SetOption,
+    dataset_version: str | None = VersionOption,
+    target: str = typer.Option("two_tower", "--target", help="What to tune: two_tower or multitask."),
+    trials: int | None = typer.Option(None, "--trials", help="Trials to run (default: tune.trials)."),
+    sample_users: int | None = typer.Option(
+        None, "--sample-users", help="Tune on this many users first (default: tune.sample_users, or all)."
+    ),
+    train_best: bool = typer.Option(
+        False, "--train", help="Then train once on the full data with the best settings, as challenger."
+    ),
+) -> None:
+    """Search `tune.<target>` with Optuna on Ray Tune; every trial in MLflow, the best in best.yaml.
+
+    two_tower: validation Recall@10 of the two-tower model; multitask: held-out AUC of the multi-task
+    ranker over the champion retriever's candidates. Use the result with `recsys train --tuned FILE`.
+    """
+    from training.tune import TARGETS
+    from training.tune_run import run_tune
 
     cfg = _config(config, set_)
-    _run("train", lambda: run_train(cfg, dataset_version, alias=alias))
+    if target not in TARGETS:
+        console.print(f"[red]error in tune:[/red] unknown --target {target!r}; known: {', '.join(TARGETS)}")
+        raise typer.Exit(1)
+    _run(
+        "tune",
+        lambda: run_tune(cfg, target, dataset_version, trials, sample_users, train_best),
+    )
 
 
 @app.command()

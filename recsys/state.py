@@ -12,6 +12,7 @@ Layout (all paths below ``root``)::
     feast/                        Feast registry and the SQLite online store
     mlflow/                       MLflow tracking database and artefacts
     ray/                          Ray Train run storage while a training job runs
+    tuning/<dataset_version>/<target>/best.yaml  the best trial of `recsys tune`
     simulated/                    the simulator's partitioned event log, items and users
     evaluation/<dataset_version>/ metrics.json and the printed table
     drift/<dataset_version>/      Evidently HTML report and drift.json
@@ -91,6 +92,10 @@ class StateDir:
     def ray(self) -> Path:
         """Ray Train's run storage (checkpoints); removed after a run is registered in MLflow."""
         return self.root / "ray"
+
+    def tuning(self, version: str, target: str) -> Path:
+        """`recsys tune` results of one dataset version and target (best.yaml)."""
+        return self.root / "tuning" / version / target
 
     def evaluation(self, version: str) -> Path:
         return self.root / "evaluation" / version
