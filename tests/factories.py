@@ -67,11 +67,18 @@ def synthetic_events(seed: int = 0, n_users: int = 40) -> pd.DataFrame:
 
 
 # A ranker small enough to train in a second on `planted_ranker_rows` (ranker_v1 columns).
+# One seeded holdout and lambdarank, the settings the exact counts of tests/test_ranker*.py are written for;
+# the cross-fitted default has its own tests.
 SMALL_RANKER = RankerConfig(
     n_candidates=20,
+    objective="lambdarank",
     n_estimators=40,
     num_leaves=7,
     min_child_samples=5,
+    feature_fraction=1.0,
+    bagging_fraction=1.0,
+    lambda_l2=0.0,
+    folds=1,
     num_threads=1,
     feature_service="ranker_v1",
 )
