@@ -481,14 +481,20 @@ def experiment_canary(
     hold_seconds: float | None = typer.Option(
         None, "--hold-seconds", min=0.0, help="--live: every stage's hold (default: the spec's hours)."
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="--live: take over the stored rollout --name at its stage and thresholds."
+    ),
 ) -> None:
     """Roll a canary out on simulated time (or, with --live, on running serving), writing each stage's
     traffic into the experiments file; --live exits 0 at 100% and 1 when rolled back."""
+    if resume and not live:
+        console.print("[red]error:[/red] --resume takes over a --live rollout: add --live")
+        raise typer.Exit(2)
     if live:
-        if not model:
+        if not model and not resume:
             console.print("[red]error:[/red] --live needs --model <recsys-ranker alias or version>")
             raise typer.Exit(2)
-        _live_canary(config, set_, url, model, name, tick_seconds, hold_seconds, approve)
+        _live_canary(config, set_, url, model, name, tick_seconds, hold_seconds, approve, resume)
         return
     model = model or "good"
     if model not in ("good", "bad", "slow"):
@@ -501,11 +507,12 @@ def _live_canary(
     config: Path | None,
     set_: list[str] | None,
     url: str,
-    model: str,
+    model: str | None,
     name: str,
     tick_s: float,
     hold_s: float | None,
     approve: bool,
+    resume: bool,
 ) -> None:
     from evaluation.experiments.live_canary import outcome_line, run_live_canary
 
@@ -515,7 +522,9 @@ def _live_canary(
     try:
         _run(
             "experiment canary --live",
-            lambda: ended.append(run_live_canary(cfg, url, model, name, tick_s, hold_s, approve, report)),
+            lambda: ended.append(
+                run_live_canary(cfg, url, model, name, tick_s, hold_s, approve, report, resume=resume)
+            ),
         )
     except KeyboardInterrupt:
         console.print("interrupted: the experiment keeps its current traffic shares")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from evaluation.experiments.ab_tests import ExperimentError
+from evaluation.experiments.assignment import load_experiments
 from evaluation.experiments.canary import HOUR, Observation, Thresholds, approve, start, step
+from evaluation.experiments.canary_runner import CanaryDriver
 
 HEALTHY = Observation(0.100, 0.100, 5000, 5000, 120.0, 0.0002)
 
@@ -60,3 +64,38 @@ def test_thresholds_frozen_and_no_data_waits() -> None:
         step(state, HEALTHY, 0.0)
     with pytest.raises(ExperimentError, match="nothing to approve"):
         approve(state)
+
+
+def test_a_stopped_rollout_resumes_at_its_stage_with_its_stored_thresholds(tmp_path: Path) -> None:
+    path = tmp_path / "experiments.json"
+    strict = Thresholds(max_p99_ms=150.0)
+    first = CanaryDriver(path, "canary", "champion", "7", 0.0, lambda _: False, strict)
+    assert first.tick(HEALTHY, 24 * HOUR) and first.state.traffic == 0.05
+    first.tick(HEALTHY, 48 * HOUR)
+    assert first.state.status == "awaiting_approval"  # the command stops here, traffic stays at 5%
+
+    resumed = CanaryDriver.resume(path, "canary", 50 * HOUR, lambda _: True)
+    assert resumed.models == ("champion", "7")
+    assert (resumed.state.stage, resumed.state.status) == (1, "awaiting_approval")
+    assert resumed.state.thresholds == strict  # the stored ones, not a default
+    assert resumed.state.history[-1] == (50 * HOUR, 1, "resumed")
+    # Approved on the next check, then the 10% stage holds 48 h counted from there.
+    assert resumed.tick(HEALTHY, 51 * HOUR) and resumed.state.traffic == 0.10
+    assert load_experiments(path)["canary"].variants[1].traffic == 0.10
+    # The stored p99 threshold (150 ms) still judges: 160 ms rolls back.
+    slow = Observation(0.100, 0.100, 5000, 5000, 160.0, 0.0)
+    assert resumed.tick(slow, 52 * HOUR) and resumed.state.status == "rolled_back"
+
+    with pytest.raises(ExperimentError, match="already rolled back"):
+        CanaryDriver.resume(path, "canary", 53 * HOUR, lambda _: True)
+    with pytest.raises(ExperimentError, match="no canary rollout named 'other'"):
+        CanaryDriver.resume(path, "other", 53 * HOUR, lambda _: True)
+
+
+def test_resume_refuses_another_model_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "experiments.json"
+    CanaryDriver(path, "canary", "champion", "7", 0.0, lambda _: True)
+    before = path.read_bytes()
+    with pytest.raises(ExperimentError, match="rolls out '7', not '8'"):
+        CanaryDriver.resume(path, "canary", HOUR, lambda _: True, canary_model="8")
+    assert path.read_bytes() == before

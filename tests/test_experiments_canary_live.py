@@ -419,6 +419,8 @@ def test_live_command_refuses_without_token_server_or_model(
     assert code == 1 and "does not answer" in out and "Traceback" not in out
     code, out = run()
     assert code == 2 and "--live needs --model" in out
+    code, out = recsys("experiment", "canary", "--resume")
+    assert code == 2 and "--resume takes over a --live rollout: add --live" in " ".join(out.split())
 
 
 def test_driver_stops_at_a_manual_stage_without_approval(tmp_path: Path) -> None:
@@ -439,6 +441,16 @@ def test_driver_stops_at_a_manual_stage_without_approval(tmp_path: Path) -> None
         )
         source = LiveSource(http, app.state.root / SERVED_FOLDER, app.state.events, "canary")
         final = drive(driver, source, 0.05, sleep=lambda _: users.visit(10), stop_when_awaiting=True)
-    assert final.status == "awaiting_approval" and final.traffic == 0.5
-    assert outcome_line(final) == "canary waits for approval to go from 50% to 80% (traffic stays)"
-    assert [v.traffic for v in load_experiments(app.state.experiments_file)["canary"].variants] == [0.5, 0.5]
+        assert final.status == "awaiting_approval" and final.traffic == 0.5
+        assert outcome_line(final) == "canary waits for approval to go from 50% to 80% (traffic stays)"
+        shares = [v.traffic for v in load_experiments(app.state.experiments_file)["canary"].variants]
+        assert shares == [0.5, 0.5]
+        # The command stopped there; a new one, approving, takes the stored rollout over to the end.
+        resumed = CanaryDriver.resume(
+            app.state.experiments_file, "canary", time.time(), lambda _: True, admin_publisher(http, TOKEN)
+        )
+        assert resumed.models == ("champion", "challenger") and resumed.state.stages == stages
+        done = drive(resumed, source, 0.05, sleep=lambda _: users.visit(10))
+    assert done.status == "completed" and done.traffic == 1.0
+    assert [reason for _, _, reason in done.history] == ["start", "resumed", "approved", "auto"]
+    assert [v.traffic for v in load_experiments(app.state.experiments_file)["canary"].variants] == [0.0, 1.0]

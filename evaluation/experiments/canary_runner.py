@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.experiments.ab_tests import ExperimentError
 from evaluation.experiments.assignment import (
     Experiment,
     Rollout,
@@ -93,6 +94,63 @@ class CanaryDriver:
         self.state = start(now, thresholds, stages)
         self._models = (control_model, canary_model)
         self._write(now)
+
+    @property
+    def models(self) -> tuple[str, str]:
+        """(control model, canary model): registry aliases or versions."""
+        return self._models
+
+    @classmethod
+    def resume(
+        cls,
+        path: Path,
+        name: str,
+        now: float,
+        approver: Approver,
+        publish: Publisher | None = None,
+        canary_model: str | None = None,
+    ) -> CanaryDriver:
+        """Take over the rollout stored under `name` where the last driver left it.
+
+        Its models, stages and thresholds are the stored ones (fixed when it started, whatever the
+        configuration says now). A running stage's hold starts again at `now`: what happened while no
+        driver watched was never checked against the triggers, so it cannot count towards the hold. A
+        rollout that was awaiting approval had held its stage: it still waits only for the approval.
+
+        Raises:
+            ExperimentError: no such experiment, one without a rollout, a rollout already finished, or
+                one rolling out another model than `canary_model` (when given); nothing is written then.
+        """
+        stored = load_experiments(path).get(name)
+        if stored is None or stored.rollout is None:
+            raise ExperimentError(f"no canary rollout named {name!r} in {path} to resume")
+        rollout = stored.rollout
+        if rollout.status in ("completed", "rolled_back"):
+            raise ExperimentError(f"canary rollout {name!r} already {rollout.status.replace('_', ' ')}")
+        arms = {v.name: v.model for v in stored.variants}
+        control = next((v.name for v in stored.variants if v.name != rollout.canary), None)
+        if rollout.canary not in arms or control is None or rollout.stage >= len(rollout.stages):
+            raise ExperimentError(f"canary rollout {name!r} in {path} is inconsistent: cannot resume it")
+        stored_canary = arms[rollout.canary]
+        if canary_model and canary_model != stored_canary:
+            raise ExperimentError(f"rollout {name!r} rolls out {stored_canary!r}, not {canary_model!r}")
+        driver = cls.__new__(cls)
+        driver.path, driver.name, driver.approver = path, name, approver
+        driver._publish = publish or (lambda experiments: save_experiments(path, experiments))
+        driver._models = (arms[control], arms[rollout.canary])
+        waiting = rollout.status == "awaiting_approval"
+        driver.state = CanaryState(
+            rollout.stage,
+            "awaiting_approval" if waiting else "running",
+            # A rollout awaiting approval had held its stage already; a running one holds it again.
+            now - rollout.stages[rollout.stage].hold_s if waiting else now,
+            rollout.thresholds,
+            rollout.stages,
+            now,
+            history=((rollout.started_at, 0, "start"), (now, rollout.stage, "resumed")),
+        )
+        driver._write(now)
+        return driver
 
     def _write(self, now: float) -> None:
         share = self.state.traffic

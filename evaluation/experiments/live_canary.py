@@ -143,13 +143,14 @@ def drive(
 def run_live_canary(
     cfg: PipelineConfig,
     url: str,
-    model: str,
+    model: str | None,
     name: str = "canary",
     tick_s: float = 60.0,
     hold_s: float | None = None,
     approve: bool = True,
     report: Report = lambda line: None,
     client: httpx.Client | None = None,
+    resume: bool = False,
 ) -> CanaryState:
     """Roll `model` (a `recsys-ranker` alias or version) out against the champion on running serving.
 
@@ -161,6 +162,8 @@ def run_live_canary(
         hold_s: Every stage's hold in seconds (None: the spec's hours).
         approve: Enter the manual stage without asking; False stops there (exit with the rollout waiting).
         client: An HTTP client already pointing at the deployment (tests); `url` is then not used.
+        resume: Take over the rollout stored under `name` (after the command stopped) at its stage,
+            with its stored models, stages and thresholds; `model`, when given, must be its canary.
     """
     token = cfg.serve.admin_token
     if not token:
@@ -170,7 +173,7 @@ def run_live_canary(
         )
     http = client or httpx.Client(base_url=url)
     try:
-        return _run(cfg, http, url, model, name, tick_s, hold_s, approve, token, report)
+        return _run(cfg, http, url, model, name, tick_s, hold_s, approve, token, report, resume)
     finally:
         if client is None:
             http.close()
@@ -180,13 +183,14 @@ def _run(
     cfg: PipelineConfig,
     http: httpx.Client,
     url: str,
-    model: str,
+    model: str | None,
     name: str,
     tick_s: float,
     hold_s: float | None,
     approve: bool,
     token: str,
     report: Report,
+    resume: bool,
 ) -> CanaryState:
     try:
         health = http.get("/healthz", timeout=10.0)
@@ -196,6 +200,22 @@ def _run(
         raise LiveCanaryError(f"serving at {url} is not healthy: HTTP {health.status_code}")
     state = StateDir(cfg.state_dir)
     source = LiveSource(http, state.root / SERVED_FOLDER, state.events, name)
+    if resume:
+        try:
+            driver = CanaryDriver.resume(
+                state.experiments_file,
+                name,
+                time.time(),
+                lambda _: approve,
+                admin_publisher(http, token),
+                canary_model=model,
+            )
+        except ExperimentError as err:
+            raise LiveCanaryError(str(err)) from None
+        report(f"canary {driver.models[1]!r} resumed at {driver.state.traffic:.0%} of {url}")
+        return drive(driver, source, tick_s, report=report, stop_when_awaiting=not approve)
+    if not model:
+        raise LiveCanaryError("a new rollout needs the model to roll out (--model)")
     thresholds = Thresholds(min_impressions=cfg.experiments.canary_min_impressions)
     driver = CanaryDriver(
         state.experiments_file,
