@@ -11,6 +11,8 @@ so a noisy machine moves both alike:
 - `ranker matrix`: `build_ranker_matrix(..., "ranker_v2")`;
 - `re-rank`: `item_info` (genre matrix, age) + `rerank` (MMR over genre vectors, caps) with the
   default `RerankConfig`;
+- `co-view scores`: `coview_scores` over the candidates' co-view lists (part of the ranker matrix; both
+  matrix builders call the current one, so `ranker matrix` compares the genre columns only);
 - `stage total`: the three one after the other.
 
 Each pair's outputs are checked equal first (the matrix bit for bit).
@@ -33,6 +35,7 @@ import numpy as np
 import pandas as pd
 from saving import run_meta, save
 
+from recsys.features.coview import coview_scores
 from recsys.features.packed import (
     PackedGroup,
     Records,
@@ -249,6 +252,33 @@ def _old_rerank(
     if config.pins:
         ids, out = apply_pins(ids, out, [p for p in config.pins if p.item_id not in config.blocklist])
     return ids, out
+
+
+def _old_coview_scores(
+    recent_items: Sequence[str] | None, neighbours: Iterable[Any], counts: Iterable[Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    def items_of(value: Any) -> list[Any] | None:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        return list(value)
+
+    pairs = list(zip(neighbours, counts, strict=True))
+    score = np.zeros(len(pairs), dtype=np.float32)
+    share = np.full(len(pairs), np.nan, dtype=np.float32)
+    recent = items_of(recent_items)
+    if recent is None:
+        return np.full(len(pairs), np.nan, dtype=np.float32), share
+    mine = set(recent)
+    for row, (items, values) in enumerate(pairs):
+        listed, weights = items_of(items), items_of(values)
+        if not listed or weights is None:
+            continue
+        weight = np.asarray(weights, dtype=np.float64)
+        hit = np.fromiter((item in mine for item in listed), dtype=bool, count=len(listed))
+        score[row] = weight[hit].sum()
+        total = weight.sum()
+        share[row] = score[row] / total if total > 0 else np.nan
+    return score, share
 
 
 def _old_string_values(group: PackedGroup, records: Records) -> dict[int, list[Any]]:
@@ -481,6 +511,13 @@ def measure(n: int, repeats: int, seed: int = 0) -> dict[str, Any]:
 
     assert rerank_old() == rerank_new(), "re-ranking changed"
 
+    recent = user["user_recent_items"]
+    neighbours, counts = items["item_coview_items"], items["item_coview_counts"]
+    for got, want in zip(
+        coview_scores(recent, neighbours, counts), _old_coview_scores(recent, neighbours, counts), strict=True
+    ):
+        assert got.tobytes() == want.tobytes(), "co-view scores changed"
+
     def stage_old() -> Any:
         frame = decode(_old_frame_columns)
         _old_build_ranker_matrix(user, frame, scores, SERVICE)
@@ -498,6 +535,11 @@ def measure(n: int, repeats: int, seed: int = 0) -> dict[str, Any]:
             lambda: build_ranker_matrix(user, items, scores, SERVICE),
         ),
         "re-rank": (rerank_old, rerank_new),
+        # Part of the ranker matrix; both matrix builders above call the current co-view scoring.
+        "co-view scores": (
+            lambda: _old_coview_scores(recent, neighbours, counts),
+            lambda: coview_scores(recent, neighbours, counts),
+        ),
         "stage total": (stage_old, stage_new),
     }
     return {"candidates": n, "repeats": repeats, "service": SERVICE, "results": _timed(pairs, repeats)}
