@@ -14,6 +14,22 @@ from servers import RedisServer, pgserver_url, postgres_server_url, scratch_data
 
 from recsys.state import StateDir
 
+# Ray Train's controller polls its workers every 2 s by default, and each step of a run (workers up,
+# training done) waits for the next poll: ~8 s of every small TorchTrainer run here.
+RAY_TRAIN_POLL_S = "0.25"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_ray_train_polls() -> Iterator[None]:
+    """Ray Train runs of this test session (and the `recsys` commands it starts) poll every 0.25 s,
+    unless the environment says otherwise."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+            os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", RAY_TRAIN_POLL_S),
+        )
+        yield
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:

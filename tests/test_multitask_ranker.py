@@ -266,3 +266,12 @@ def test_ray_train_fits_the_planted_signal_and_decides_int8(tmp_path: Path) -> N
     assert m["ranker_int8_kept"] == float(keep_int8(m["ranker_auc_fp32"], m["ranker_auc_int8"]))
     assert m["ranker_train_examples_per_s"] > 0 and 1 <= m["ranker_best_epoch"] <= m["ranker_epochs_run"]
     assert result.calibrator.slope > 0
+    # In a Ray Tune trial a one-worker CPU run trains in the trial's process with the same loop: the same
+    # model, and the final metrics (the objective is known only after calibration) reported once.
+    seen: list[dict[str, float]] = []
+    here = train_multitask_ranker(x, labels, sizes, cfg, tmp_path / "unused", tune_report=seen.append)
+    assert seen == [here.metrics] and not (tmp_path / "unused").exists()
+    for key in ("ranker_holdout_auc", "ranker_holdout_loss", "ranker_best_epoch", "ranker_epochs_run"):
+        assert here.metrics[key] == pytest.approx(m[key], rel=1e-4, abs=1e-4), key
+    for name, tensor in result.state_dict.items():
+        assert torch.allclose(here.state_dict[name], tensor, atol=1e-4), name

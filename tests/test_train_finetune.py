@@ -126,7 +126,8 @@ class FineTuned:
 @pytest.fixture(scope="module")
 def finetuned(small_pipeline: StateDir) -> Iterator[FineTuned]:
     """A challenger fine-tuned from the shared pipeline's champion: one epoch at a learning rate so small
-    that its weights stay where the champion's were. The challenger aliases are restored afterwards."""
+    that its weights stay where the champion's were, and a small ranker (10 candidates, 5 trees, one fold:
+    it is only checked to be retrained). The challenger aliases are restored afterwards."""
     from training.registry import (
         CHALLENGER,
         RANKER_MODEL,
@@ -141,7 +142,14 @@ def finetuned(small_pipeline: StateDir) -> Iterator[FineTuned]:
     state = small_pipeline
     config = load_config(
         REPO_ROOT / SMALL_CONFIG,
-        [f"state_dir={state.root}", "two_tower.finetune_epochs=1", "two_tower.finetune_lr_factor=1e-6"],
+        [
+            f"state_dir={state.root}",
+            "two_tower.finetune_epochs=1",
+            "two_tower.finetune_lr_factor=1e-6",
+            "ranker.n_candidates=10",
+            "ranker.n_estimators=5",
+            "ranker.folds=1",
+        ],
     )
     before = {name: alias_version(state, name, CHALLENGER) for name in (TWO_TOWER_MODEL, RANKER_MODEL)}
     champion = resolve_version(state, TWO_TOWER_MODEL, "champion")

@@ -1,4 +1,5 @@
-"""Two-tower training through a real Ray Train TorchTrainer on seeded synthetic positives."""
+"""Two-tower training through a real Ray Train TorchTrainer on seeded synthetic positives, and the same
+loop in process as a Ray Tune trial runs it."""
 
 from __future__ import annotations
 
@@ -73,3 +74,15 @@ def test_ray_train_learns_and_reports_metrics_with_checkpoint(tmp_path: Path) ->
     assert eval_step(model, _examples(300, 1), 0.1)["val_recall_at_10"] == pytest.approx(
         result.metrics["val_recall_at_10"]
     )
+    # In a Ray Tune trial a one-worker CPU run trains in the trial's process with the same loop: the same
+    # model, and every epoch reported.
+    seen: list[dict[str, float]] = []
+    here = train_retrieval(
+        _examples(2000, 0), _examples(300, 1), config, cfg, tmp_path / "unused", tune_report=seen.append
+    )
+    assert [m["epoch"] for m in seen] == [float(e) for e in range(1, 9)] and seen[-1] == here.metrics
+    assert not (tmp_path / "unused").exists()
+    for key in ("train_loss", "val_loss", "val_recall_at_10"):
+        assert here.metrics[key] == pytest.approx(result.metrics[key], rel=1e-4, abs=1e-4), key
+    for name, tensor in result.state_dict.items():
+        assert torch.allclose(here.state_dict[name], tensor, atol=1e-4), name

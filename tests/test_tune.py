@@ -123,7 +123,7 @@ def test_tune_logs_every_trial_under_one_parent_and_keeps_the_best(small_pipelin
 
     state = small_pipeline
     args = ["tune", "--config", str(REPO_ROOT / SMALL_CONFIG), "--trials", "2", "--sample-users", "30"]
-    result = runner.invoke(app, [*args, "--set", f"state_dir={state.root}", "--set", "tune.epochs=1"])
+    result = runner.invoke(app, [*args, "--set", f"state_dir={state.root}", "--set", "tune.epochs=2"])
     assert result.exit_code == 0, result.output
     version = state.latest_dataset_version()
     best = yaml.safe_load((state.tuning(version, "two_tower") / "best.yaml").read_text())
@@ -141,6 +141,13 @@ def test_tune_logs_every_trial_under_one_parent_and_keeps_the_best(small_pipelin
         params = {k: v for k, v in child.data.params.items() if k in space}
         assert set(params) == set(space)
         assert all(within(space[k], _param(v)) for k, v in params.items()), params
+        # Each trial trained in its own process and reported every epoch; the run keeps the last.
+        epochs, recalls = (
+            sorted(client.get_metric_history(child.info.run_id, key), key=lambda m: m.step)
+            for key in ("epoch", "val_recall_at_10")
+        )
+        assert [m.value for m in epochs] == [1.0, 2.0] and len(recalls) == 2
+        assert child.data.metrics["val_recall_at_10"] == recalls[-1].value
     # best.yaml holds the child with the highest logged validation recall.
     top = max(children, key=lambda run: run.data.metrics["val_recall_at_10"])
     assert best["value"] == pytest.approx(top.data.metrics["val_recall_at_10"])

@@ -8,7 +8,6 @@ AUC), decides whether INT8 is kept, and fits the Platt calibrator, so none of th
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from training.multitask import (
 )
 from training.ranker import HOLDOUT_FRACTION, RankerDataError
 from training.ranker_features import ranker_feature_names
-from training.ray_train import CHECKPOINT_FILE, fit_on_ray, wants_gpu
+from training.ray_train import LoopContext, fit_in_process, fit_on_ray, trains_in_trial, wants_gpu
 
 SATISFACTION = TASKS.index("satisfaction")
 NDCG_K = 10
@@ -216,46 +215,49 @@ def fit_epochs(
     }
 
 
-def _train_loop(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker loop: shard rows by rank, ``fit_epochs``, report the best weights from rank 0."""
-    import ray.train
-    import ray.train.torch
-
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+def _train_loop(loop_config: dict[str, Any], context: LoopContext) -> None:
+    """The training loop, on a Ray Train worker or in a Tune trial: shard rows by rank, ``fit_epochs``
+    (reporting every epoch), then report the best weights."""
+    rank, world = context.rank, context.world
     start_model = MultiTaskRanker(loop_config["model_config"])
     start_model.load_state_dict(loop_config["initial_state"])  # same start and normaliser on every rank
-    model = ray.train.torch.prepare_model(start_model)
+    model = context.prepare_model(start_model)
     inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model when world > 1
     base: torch.nn.Module = inner if isinstance(inner, torch.nn.Module) else model
     data = loop_config["data"]
     shard = np.arange(rank, len(data["x_fit"]), world)
     best_state, final = fit_epochs(
-        model, base, data, shard, loop_config["cfg"], device, on_epoch=ray.train.report
+        model,
+        base,
+        data,
+        shard,
+        loop_config["cfg"],
+        context.device,
+        on_epoch=lambda m: context.report(m, None),
     )
     final["train_examples_per_s"] *= world  # every worker trains its shard at the same time
-    # Ray Train 2.60 (V2) keeps Result.metrics only for reports that carry a checkpoint.
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            torch.save(best_state, Path(tmp) / CHECKPOINT_FILE)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(final, checkpoint=checkpoint)
+    context.report(final, best_state)
 
 
-def _fit_on_ray(
-    loop_config: dict[str, Any], cfg: RankerConfig, storage_dir: Path
+def _fit(
+    loop_config: dict[str, Any], cfg: RankerConfig, storage_dir: Path, in_trial: bool
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Run the loop on a TorchTrainer; (best state dict, final metrics)."""
+    """Run the loop on a TorchTrainer, or in this process for a one-CPU-worker run in a Tune trial;
+    (best state dict, final metrics)."""
     mt = cfg.multitask
-    return fit_on_ray(
-        _train_loop, loop_config, mt.num_workers, wants_gpu(mt.use_gpu), storage_dir, "multitask"
-    )
+    use_gpu = wants_gpu(mt.use_gpu)
+    if in_trial and trains_in_trial(mt.num_workers, use_gpu):
+        return fit_in_process(_train_loop, loop_config)
+    return fit_on_ray(_train_loop, loop_config, mt.num_workers, use_gpu, storage_dir, "multitask")
 
 
 def train_multitask_ranker(
-    features: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray, cfg: RankerConfig, storage_dir: Path
+    features: np.ndarray,
+    labels: np.ndarray,
+    group_sizes: np.ndarray,
+    cfg: RankerConfig,
+    storage_dir: Path,
+    tune_report: Callable[[dict[str, float]], None] | None = None,
 ) -> MultiTaskResult:
     """Fit the multi-task ranker on Ray Train, decide INT8, calibrate; see the module docstring.
 
@@ -265,6 +267,8 @@ def train_multitask_ranker(
         group_sizes: rows per user (rows of a user are contiguous), summing to n_rows.
         cfg: the ranker section; ``cfg.multitask`` holds the model and training settings.
         storage_dir: where Ray Train keeps its run folder.
+        tune_report: inside a Ray Tune trial, Tune's ``report``: it gets the final metrics (the holdout
+            AUC is known only after calibration), and a one-CPU-worker run trains in the trial's process.
     """
     names = ranker_feature_names(cfg.feature_service)
     sizes = np.asarray(group_sizes, dtype=np.int64)
@@ -288,7 +292,7 @@ def train_multitask_ranker(
     torch.manual_seed(cfg.seed)
     model = MultiTaskRanker(model_config)
     model.fit_normaliser(x[fit])
-    state, ray_metrics = _fit_on_ray(
+    state, ray_metrics = _fit(
         {
             "cfg": cfg,
             "model_config": model_config,
@@ -297,6 +301,7 @@ def train_multitask_ranker(
         },
         cfg,
         storage_dir,
+        in_trial=tune_report is not None,
     )
     model.load_state_dict(state)
     model.eval()
@@ -334,6 +339,8 @@ def train_multitask_ranker(
         **int8_metrics,
         **calibration_metrics,
     }
+    if tune_report is not None:
+        tune_report(metrics)
     return MultiTaskResult(
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         model_config=model_config,

@@ -1,10 +1,10 @@
-"""Training the two-tower model on Ray Train: pure train/eval steps, and the TorchTrainer adapter."""
+"""Training the two-tower model: pure train/eval steps, and the training loop that runs on a Ray Train
+TorchTrainer (or inside a Ray Tune trial, training/ray_train.py)."""
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from recsys.config import TwoTowerConfig
-from training.ray_train import CHECKPOINT_FILE, fit_on_ray, wants_gpu
+from training.ray_train import LoopContext, fit_in_process, fit_on_ray, trains_in_trial, wants_gpu
 from training.two_tower import TwoTowerModel, TwoTowerModelConfig, drop_ids, in_batch_softmax_loss
 
 EVAL_BATCH = 1024
@@ -141,22 +141,18 @@ def eval_step(
     return {"val_loss": float(np.sum(losses) / n), f"val_recall_at_{EVAL_K}": hits / n}
 
 
-def _train_loop(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker loop: shard the positives by rank, train, evaluate each epoch, report."""
-    import ray.train
-    import ray.train.torch
-
+def _train_loop(loop_config: dict[str, Any], context: LoopContext) -> None:
+    """The training loop, on a Ray Train worker or in a Tune trial: shard the positives by rank, train,
+    evaluate and report each epoch; the last report carries the weights."""
     cfg: TwoTowerConfig = loop_config["cfg"]
     train: TwoTowerExamples = loop_config["train"]
     validation: TwoTowerExamples = loop_config["validation"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    rank, world, device = context.rank, context.world, context.device
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
-    device = ray.train.torch.get_device()
     initial = TwoTowerModel(loop_config["model_config"])
     if loop_config.get("initial_state") is not None:  # a fine-tune starts from the champion's weights
         initial.load_state_dict(loop_config["initial_state"])
-    model = ray.train.torch.prepare_model(initial)
+    model = context.prepare_model(initial)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     log_q = torch.as_tensor(loop_config["log_q"], device=device) if loop_config["log_q"] is not None else None
     shard = train.take(np.arange(rank, len(train), world))
@@ -175,16 +171,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             **eval_step(base, validation, cfg.temperature, device),
         }
         metrics["epoch_seconds"] = time.perf_counter() - started
-        if epoch + 1 < cfg.epochs:
-            ray.train.report(metrics)
-            continue
-        # Ray Train 2.60 (V2) keeps Result.metrics only for reports that carry a checkpoint.
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save({k: v.cpu() for k, v in base.state_dict().items()}, Path(tmp) / CHECKPOINT_FILE)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        context.report(metrics, base.state_dict() if epoch + 1 == cfg.epochs else None)
 
 
 def train_retrieval(
@@ -195,8 +182,10 @@ def train_retrieval(
     storage_dir: Path,
     logq_correction: bool = False,
     initial_state: Mapping[str, torch.Tensor] | None = None,
+    tune_report: Callable[[dict[str, float]], None] | None = None,
 ) -> RetrievalTrainResult:
-    """Train the two-tower model with a Ray Train TorchTrainer of `cfg.num_workers` workers.
+    """Train the two-tower model with a Ray Train TorchTrainer of `cfg.num_workers` workers (or, in a Ray
+    Tune trial, in the trial's own process; see ``tune_report``).
 
     Args:
         train: training positives.
@@ -207,23 +196,27 @@ def train_retrieval(
         logq_correction: subtract log item frequency from in-batch logits.
         initial_state: weights to start from instead of a fresh initialisation (a fine-tune,
             `training.finetune`); None trains from scratch.
+        tune_report: inside a Ray Tune trial, Tune's ``report``. A run of one CPU worker then trains in
+            the trial's process and reports every epoch's metrics to it; a larger run starts its
+            TorchTrainer and reports the final metrics once it is done.
     """
     if len(train) < 2:
         raise ValueError(f"two-tower training needs at least 2 positive examples, got {len(train)}")
     use_gpu = wants_gpu(cfg.use_gpu)
-    state_dict, metrics = fit_on_ray(
-        _train_loop,
-        {
-            "cfg": cfg,
-            "model_config": model_config,
-            "train": train,
-            "validation": validation,
-            "log_q": item_log_q(train.item_idx, model_config.n_items) if logq_correction else None,
-            "initial_state": None if initial_state is None else dict(initial_state),
-        },
-        cfg.num_workers,
-        use_gpu,
-        storage_dir,
-        "two-tower",
-    )
+    loop_config = {
+        "cfg": cfg,
+        "model_config": model_config,
+        "train": train,
+        "validation": validation,
+        "log_q": item_log_q(train.item_idx, model_config.n_items) if logq_correction else None,
+        "initial_state": None if initial_state is None else dict(initial_state),
+    }
+    if tune_report is not None and trains_in_trial(cfg.num_workers, use_gpu):
+        state_dict, metrics = fit_in_process(_train_loop, loop_config, tune_report)
+    else:
+        state_dict, metrics = fit_on_ray(
+            _train_loop, loop_config, cfg.num_workers, use_gpu, storage_dir, "two-tower"
+        )
+        if tune_report is not None:
+            tune_report(metrics)
     return RetrievalTrainResult(state_dict=state_dict, model_config=model_config, metrics=metrics)

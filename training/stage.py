@@ -185,19 +185,6 @@ def snapshot_grid(events: pd.DataFrame, every_days: int) -> list[Any]:
     return snapshot_times(ts.min().to_pydatetime(), ts.max().to_pydatetime(), every_days)
 
 
-def _histories(events: list[pd.DataFrame], rows: pd.DataFrame, n: int) -> list[list[str]] | None:
-    """The history input of each example row (user_id, event_timestamp), or None when it is off."""
-    from training.examples import recent_positive_items
-
-    return recent_positive_items(pd.concat(events, ignore_index=True), rows, n) if n else None
-
-
-def _with_ts(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    out = frame[columns].astype(str).copy()
-    out["event_timestamp"] = pd.to_datetime(frame["event_ts"], utc=True).to_numpy()
-    return out.reset_index(drop=True)
-
-
 def run_train(
     config: PipelineConfig,
     dataset_version: str | None = None,
@@ -222,15 +209,14 @@ def run_train(
     from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, log_and_register
     from training.retrieval import train_retrieval
     from training.runtime import (
-        ITEM_CONTENT_FEATURE_SERVICE,
         TWO_TOWER_FEATURE_SERVICE,
-        ItemContent,
         RetrievalModel,
         item_dense_from_frame,
         write_ranker_artifacts,
         write_retrieval_artifacts,
     )
     from training.two_tower import TwoTowerModel
+    from training.two_tower_inputs import two_tower_inputs
 
     started = time.perf_counter()
     state = StateDir(config.state_dir)
@@ -252,32 +238,14 @@ def run_train(
         grid = snapshot_grid(dataset.events, config.features.snapshot_every_days)
 
         status.update("two-tower examples: point-in-time features of train and validation positives")
-        train_pos, val_pos = ex.positives(split.train), ex.positives(split.validation)
-        users, items = ex.vocabulary(train_pos["user_id"]), ex.vocabulary(train_pos["item_id"])
-        columns = ["user_id", "item_id"]
+        inputs = two_tower_inputs(config, store, dataset, split.train, split.validation)
+        train_examples, val_examples = inputs.train, inputs.validation
+        users, items, content = inputs.users, inputs.items, inputs.content
+        val_pos = ex.positives(split.validation)
         catalog = sorted(dataset.items["item_id"].astype(str))
         latest = pd.to_datetime(dataset.events["event_ts"], utc=True).max() + timedelta(days=1)
-        content: ItemContent | None = None
-        if uses_content(config):
-            # Content never changes, so it is read once per item; each example keeps it only when the
-            # item's content was known at the example's time.
-            content_rows = historical_features(
-                store,
-                pd.DataFrame({"item_id": catalog, "event_timestamp": latest}),
-                ITEM_CONTENT_FEATURE_SERVICE,
-            )
-            content = ItemContent.from_rows(content_rows) or None
-        train_rows = historical_features(store, _with_ts(train_pos, columns), TWO_TOWER_FEATURE_SERVICE)
-        val_rows = historical_features(store, _with_ts(val_pos, columns), TWO_TOWER_FEATURE_SERVICE)
         tt = config.two_tower
-        # Each example's history: the user's positives strictly before it (validation examples also
-        # see the validation positives before them, as a served user would).
-        n_history = tt.history_length
-        train_history = _histories([split.train], train_rows, n_history)
-        val_history = _histories([split.train, split.validation], val_rows, n_history)
-        train_examples = ex.two_tower_examples(train_rows, users, items, content, train_history, n_history)
-        val_examples = ex.two_tower_examples(val_rows, users, items, content, val_history, n_history)
-        model_config = two_tower_shape(config, len(users), len(items), 0 if content is None else content.dim)
+        model_config = two_tower_shape(config, inputs.n_users, inputs.n_items, inputs.content_dim)
         plan = check_architecture(plan, model_config)
         if plan.refused:
             console.print(f"two-tower: fine-tune refused, training in full: {plan.refused}")

@@ -9,7 +9,6 @@ chosen as `ingest.sample_users` chooses them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -17,18 +16,7 @@ import pandas as pd
 
 from recsys.config import PipelineConfig
 from recsys.state import StateDir
-from training.retrieval import TwoTowerExamples
-
-
-@dataclass(frozen=True)
-class RetrievalInputs:
-    """Two-tower examples and the vocabulary sizes a model of any tuned width needs."""
-
-    train: TwoTowerExamples
-    validation: TwoTowerExamples
-    n_users: int
-    n_items: int
-    content_dim: int
+from training.two_tower_inputs import TwoTowerInputs, two_tower_inputs
 
 
 @dataclass(frozen=True)
@@ -59,45 +47,24 @@ def sample_split(split: Any, n_users: int | None, seed: int) -> SplitSample:
 
 def retrieval_inputs(
     config: PipelineConfig, state: StateDir, version: str, n_users: int | None
-) -> RetrievalInputs:
-    """Point-in-time two-tower examples of the (sampled) train and validation positives."""
+) -> TwoTowerInputs:
+    """Point-in-time two-tower examples of the (sampled) train and validation positives, built as
+    `recsys train` builds them."""
     from evaluation.split import load_split
-    from recsys.features.store import build_store, historical_features
+    from recsys.features.store import build_store
     from recsys.ingest.snapshot import load_dataset
     from training import examples as ex
-    from training.runtime import ITEM_CONTENT_FEATURE_SERVICE, TWO_TOWER_FEATURE_SERVICE, ItemContent
-    from training.stage import _histories, _with_ts, uses_content
 
     sample = sample_split(load_split(state, version, config.split.method), n_users, config.tune.seed)
-    dataset = load_dataset(state, version)
-    store = build_store(state, config.features)
-    train_pos, val_pos = ex.positives(sample.train), ex.positives(sample.validation)
-    if len(train_pos) < 2 or val_pos.empty:
+    n_train, n_val = len(ex.positives(sample.train)), len(ex.positives(sample.validation))
+    if n_train < 2 or n_val == 0:
         raise ValueError(
-            f"{sample.n_users} users hold {len(train_pos)} train and {len(val_pos)} validation positives: "
+            f"{sample.n_users} users hold {n_train} train and {n_val} validation positives: "
             "too few to tune on (sample more users)"
         )
-    users, items = ex.vocabulary(train_pos["user_id"]), ex.vocabulary(train_pos["item_id"])
-    content: ItemContent | None = None
-    if uses_content(config):
-        catalog = sorted(dataset.items["item_id"].astype(str))
-        latest = pd.to_datetime(dataset.events["event_ts"], utc=True).max() + timedelta(days=1)
-        rows = pd.DataFrame({"item_id": catalog, "event_timestamp": latest})
-        content_rows = historical_features(store, rows, ITEM_CONTENT_FEATURE_SERVICE)
-        content = ItemContent.from_rows(content_rows) or None
-    columns = ["user_id", "item_id"]
-    n = config.two_tower.history_length
-    train_rows = historical_features(store, _with_ts(train_pos, columns), TWO_TOWER_FEATURE_SERVICE)
-    val_rows = historical_features(store, _with_ts(val_pos, columns), TWO_TOWER_FEATURE_SERVICE)
-    train_history = _histories([sample.train], train_rows, n)
-    val_history = _histories([sample.train, sample.validation], val_rows, n)
-    return RetrievalInputs(
-        train=ex.two_tower_examples(train_rows, users, items, content, train_history, n),
-        validation=ex.two_tower_examples(val_rows, users, items, content, val_history, n),
-        n_users=len(users),
-        n_items=len(items),
-        content_dim=0 if content is None else content.dim,
-    )
+    dataset = load_dataset(state, version)
+    store = build_store(state, config.features)
+    return two_tower_inputs(config, store, dataset, sample.train, sample.validation)
 
 
 def ranker_rows(config: PipelineConfig, state: StateDir, version: str, n_users: int | None) -> RankerRows:

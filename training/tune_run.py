@@ -1,9 +1,11 @@
 """`recsys tune`: Optuna's TPE sampler on Ray Tune over a target's search space (training/tune.py).
 
-Each trial trains through the trainer `recsys train` uses (two-tower: `train_retrieval`, a Ray Train run
-inside the trial; multi-task ranker: `train_multitask_ranker`) on inputs prepared once
-(training/tune_inputs.py), and reports that trainer's validation metric. The configured settings are
-tried first when they lie in the space, so every search also measures them on the same data.
+Each trial trains through the trainer `recsys train` uses (two-tower: `train_retrieval`; multi-task
+ranker: `train_multitask_ranker`) on inputs prepared once (training/tune_inputs.py), and reports that
+trainer's validation metric. A trial of one CPU worker runs the training loop in its own process (it is
+a Ray actor already; a Ray Train run inside it would add ~20 s of start-up), a larger one a TorchTrainer.
+The configured settings are tried first when they lie in the space, so every search also measures them
+on the same data.
 
 MLflow: one parent run per search in the `recsys-tuning` experiment, every trial a child run with its
 settings as params and its metrics; the parent holds the best value and best.yaml. Sample-first tuning
@@ -62,27 +64,33 @@ class TuneSummary:
 
 def run_trial(
     settings: dict[str, Any], *, config: PipelineConfig, target: Target, inputs: Any, storage: str
-) -> dict[str, float]:
-    """One Ray Tune trial: train with ``settings`` and return the trainer's metrics (the final report)."""
+) -> None:
+    """One Ray Tune trial: train with ``settings``, reporting the trainer's metrics to Tune (the last
+    report is the final one). A one-CPU-worker run trains in the trial's own process, a larger one on its
+    own TorchTrainer."""
+    from ray import tune
+
     cfg = trial_config(config, target, settings)
     if target == "two_tower":
         from training.retrieval import train_retrieval
         from training.stage import two_tower_shape
 
         shape = two_tower_shape(cfg, inputs.n_users, inputs.n_items, inputs.content_dim)
-        tower = train_retrieval(
+        train_retrieval(
             inputs.train,
             inputs.validation,
             shape,
             cfg.two_tower,
             Path(storage),
             logq_correction=cfg.two_tower.logq_correction,
+            tune_report=tune.report,
         )
-        return dict(tower.metrics)
+        return
     from training.multitask_train import train_multitask_ranker
 
-    ranker = train_multitask_ranker(inputs.features, inputs.labels, inputs.sizes, cfg.ranker, Path(storage))
-    return dict(ranker.metrics)
+    train_multitask_ranker(
+        inputs.features, inputs.labels, inputs.sizes, cfg.ranker, Path(storage), tune_report=tune.report
+    )
 
 
 def _tune_space(space: dict[str, SearchDimension]) -> dict[str, Any]:
@@ -155,7 +163,7 @@ def run_tune(
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
 
-    from training.ray_train import ensure_ray, wants_gpu
+    from training.ray_train import ensure_ray, trains_in_trial, wants_gpu
     from training.tune_inputs import ranker_rows, retrieval_inputs
 
     with console.status(f"tune {target}: preparing inputs ({n_users or 'all'} users)"):
@@ -179,9 +187,11 @@ def run_tune(
             run_trial, config=config, target=target, inputs=inputs, storage=str(state.ray / "trials")
         )
         console.print(f"tune {target}: {n_trials} trials, {concurrency} at a time, maximising {metric}")
+        # A one-CPU-worker trial trains in its own process and holds that CPU; a larger one only waits
+        # on its Ray Train run, whose workers hold the CPUs (or GPUs).
+        in_process = trains_in_trial(section.num_workers, wants_gpu(section.use_gpu))
         tuner = tune.Tuner(
-            # The trial only waits on its Ray Train run, whose workers hold the CPUs (or GPUs).
-            tune.with_resources(trainable, {"cpu": 0.01}),
+            tune.with_resources(trainable, {"cpu": 1 if in_process else 0.01}),
             param_space=_tune_space(space),
             tune_config=tune.TuneConfig(
                 metric=metric,
