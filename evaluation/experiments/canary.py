@@ -13,6 +13,8 @@ from evaluation.experiments.ab_tests import ExperimentError
 
 HOUR = 3600.0
 Status = Literal["running", "awaiting_approval", "rolled_back", "completed"]
+# Statuses a rollout never leaves.
+FINISHED: tuple[Status, ...] = ("completed", "rolled_back")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from evaluation.experiments.assignment import (
 )
 from evaluation.experiments.canary import (
     DEFAULT_STAGES,
+    FINISHED,
     HOUR,
     CanaryState,
     Observation,
@@ -73,6 +74,7 @@ class CanaryDriver:
         now: Start time on the driver's clock, in seconds.
         approver: Asked whether to enter a manual stage; answering False keeps the rollout waiting.
         publish: Puts the experiments (the file's, with this one updated) in force; None writes the file.
+        state: Where the rollout stands (a resumed one, `resume`); None starts one at its first stage.
     """
 
     def __init__(
@@ -86,12 +88,13 @@ class CanaryDriver:
         thresholds: Thresholds | None = None,
         stages: tuple[Stage, ...] = DEFAULT_STAGES,
         publish: Publisher | None = None,
+        state: CanaryState | None = None,
     ) -> None:
         self.path = path
         self.name = name
         self.approver = approver
         self._publish = publish or (lambda experiments: save_experiments(path, experiments))
-        self.state = start(now, thresholds, stages)
+        self.state = state or start(now, thresholds, stages)
         self._models = (control_model, canary_model)
         self._write(now)
 
@@ -125,7 +128,7 @@ class CanaryDriver:
         if stored is None or stored.rollout is None:
             raise ExperimentError(f"no canary rollout named {name!r} in {path} to resume")
         rollout = stored.rollout
-        if rollout.status in ("completed", "rolled_back"):
+        if rollout.status in FINISHED:
             raise ExperimentError(f"canary rollout {name!r} already {rollout.status.replace('_', ' ')}")
         arms = {v.name: v.model for v in stored.variants}
         control = next((v.name for v in stored.variants if v.name != rollout.canary), None)
@@ -134,12 +137,8 @@ class CanaryDriver:
         stored_canary = arms[rollout.canary]
         if canary_model and canary_model != stored_canary:
             raise ExperimentError(f"rollout {name!r} rolls out {stored_canary!r}, not {canary_model!r}")
-        driver = cls.__new__(cls)
-        driver.path, driver.name, driver.approver = path, name, approver
-        driver._publish = publish or (lambda experiments: save_experiments(path, experiments))
-        driver._models = (arms[control], arms[rollout.canary])
         waiting = rollout.status == "awaiting_approval"
-        driver.state = CanaryState(
+        state = CanaryState(
             rollout.stage,
             "awaiting_approval" if waiting else "running",
             # A rollout awaiting approval had held its stage already; a running one holds it again.
@@ -149,8 +148,7 @@ class CanaryDriver:
             now,
             history=((rollout.started_at, 0, "start"), (now, rollout.stage, "resumed")),
         )
-        driver._write(now)
-        return driver
+        return cls(path, name, arms[control], stored_canary, now, approver, publish=publish, state=state)
 
     def _write(self, now: float) -> None:
         share = self.state.traffic
@@ -229,7 +227,7 @@ def run_simulated_canary(
     window = _Window()
     ticks: list[CanaryTick] = []
     hour = 0.0
-    while hour < max_hours and driver.state.status not in ("completed", "rolled_back"):
+    while hour < max_hours and driver.state.status not in FINISHED:
         experiment = load_experiments(path)[name]  # bucket exactly as serving would, from the file
         users = rng.choice(platform.n_users, per_tick, replace=False)
         on_canary = np.array([assign(f"u{u}", experiment) == "canary" for u in users])

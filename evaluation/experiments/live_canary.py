@@ -20,7 +20,14 @@ import httpx
 
 from evaluation.experiments.ab_tests import ExperimentError
 from evaluation.experiments.assignment import Experiment
-from evaluation.experiments.canary import DEFAULT_STAGES, CanaryState, Observation, Stage, Thresholds
+from evaluation.experiments.canary import (
+    DEFAULT_STAGES,
+    FINISHED,
+    CanaryState,
+    Observation,
+    Stage,
+    Thresholds,
+)
 from evaluation.experiments.canary_runner import CanaryDriver, Publisher
 from evaluation.experiments.live import ArmTraffic, LiveSource
 from recsys.config import PipelineConfig
@@ -29,7 +36,6 @@ from serving.experiments import CHAMPION
 from serving.served import SERVED_FOLDER
 
 Report = Callable[[str], None]
-FINISHED = ("completed", "rolled_back")
 
 
 class LiveCanaryError(ExperimentError):
