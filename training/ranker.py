@@ -164,14 +164,15 @@ def train_ranker(
     )
     fitted = useful if len(folds) > 1 else folds[0].fit
     held = np.concatenate([fold.holdout for fold in folds])
+    used_rows = rows_of(np.union1d(fitted, held))
     metrics = {
         "ranker_holdout_ndcg_at_10": float(np.mean(bests)),
         "ranker_best_iteration": float(rounds),
         "ranker_fit_users": float(len(fitted)),
         "ranker_holdout_users": float(len(held)),
         "ranker_folds": float(len(folds)),
-        "ranker_rows": float(len(rows_of(np.union1d(fitted, held)))),
-        "ranker_positive_rate": float(labels[rows_of(np.union1d(fitted, held))].mean()),
+        "ranker_rows": float(len(used_rows)),
+        "ranker_positive_rate": float(labels[used_rows].mean()),
         **calibration_metrics,
     }
     return RankerResult(booster=booster, metrics=metrics, calibrator=calibrator)
