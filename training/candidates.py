@@ -127,6 +127,41 @@ def generate_candidates(
     return pd.concat(frames, ignore_index=True)
 
 
+def window_candidates(
+    model: RetrievalModel,
+    store: Any,
+    read: FeatureReader,
+    history: pd.DataFrame,
+    window: pd.DataFrame,
+    grid: list[datetime],
+    n: int,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ranker's training candidates: for each user with a positive in `window`, the top-n items at
+    the user's window start (floored to the snapshot `grid`), never an item of the user's `history`, the
+    model's history input as of that history.
+
+    Returns:
+        (candidates grouped by user as `sorted_by_user` orders them, the users' start times).
+    """
+    from training import examples as ex
+
+    positives = ex.positives(window)
+    starts = ex.window_starts(window[window["user_id"].isin(positives["user_id"])])
+    starts["event_timestamp"] = floor_to_snapshots(starts["event_timestamp"], grid)
+    candidates = generate_candidates(
+        model,
+        store,
+        read,
+        starts,
+        ex.items_by_user(history),
+        n,
+        progress=progress,
+        histories=ex.history_at_cut(history, starts["user_id"], model.history_length),
+    )
+    return sorted_by_user(candidates), starts
+
+
 def ranker_inputs(
     store: Any, read: FeatureReader, candidates: pd.DataFrame, service: str = RANKER_FEATURE_SERVICE
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:

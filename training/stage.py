@@ -203,7 +203,7 @@ def run_train(
     from recsys.features.store import build_store, historical_features
     from recsys.ingest.snapshot import load_dataset
     from training import examples as ex
-    from training.candidates import floor_to_snapshots, generate_candidates, ranker_inputs, sorted_by_user
+    from training.candidates import ranker_inputs, window_candidates
     from training.finetune import check_architecture, finetune_settings, initial_weights, plan_retrain
     from training.ranker import train_ranker
     from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, log_and_register
@@ -304,21 +304,18 @@ def run_train(
             retrieval = RetrievalModel.load(tower_dir, "candidate")
 
             status.update("ranker: candidates for validation users at their window start")
-            starts = ex.window_starts(split.validation[split.validation["user_id"].isin(val_pos["user_id"])])
-            starts["event_timestamp"] = floor_to_snapshots(starts["event_timestamp"], grid)
             n = config.ranker.n_candidates
-            candidates = generate_candidates(
+            candidates, starts = window_candidates(
                 retrieval,
                 store,
                 historical_features,
-                starts,
-                ex.items_by_user(split.train),
+                split.train,
+                split.validation,
+                grid,
                 n,
                 progress=lambda message: status.update(f"ranker: {message}"),
-                histories=ex.history_at_cut(split.train, starts["user_id"], tt.history_length),
             )
             relevant = ex.items_by_user(val_pos)
-            candidates = sorted_by_user(candidates)
             labels = ex.candidate_labels(candidates, relevant)
             n_relevant = sum(len(v) for u, v in relevant.items() if u in set(starts["user_id"]))
             candidate_recall = float(labels.sum()) / max(n_relevant, 1)

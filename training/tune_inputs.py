@@ -74,7 +74,7 @@ def ranker_rows(config: PipelineConfig, state: StateDir, version: str, n_users: 
     from recsys.features.store import build_store, historical_features
     from recsys.ingest.snapshot import load_dataset
     from training import examples as ex
-    from training.candidates import floor_to_snapshots, generate_candidates, ranker_inputs, sorted_by_user
+    from training.candidates import ranker_inputs, window_candidates
     from training.multitask_train import task_labels
     from training.registry import TWO_TOWER_MODEL, load_champion
     from training.runtime import RetrievalModel
@@ -85,23 +85,18 @@ def ranker_rows(config: PipelineConfig, state: StateDir, version: str, n_users: 
     store = build_store(state, config.features)
     directory, tower_version = load_champion(state, TWO_TOWER_MODEL)
     retrieval = RetrievalModel.load(directory, tower_version)
-    val_pos = ex.positives(sample.validation)
-    starts = ex.window_starts(sample.validation[sample.validation["user_id"].isin(val_pos["user_id"])])
-    if starts.empty:
+    if ex.positives(sample.validation).empty:
         raise ValueError(f"{sample.n_users} users hold no validation positives: too few to tune on")
     grid = snapshot_grid(dataset.events, config.features.snapshot_every_days)
-    starts["event_timestamp"] = floor_to_snapshots(starts["event_timestamp"], grid)
-    history = retrieval.model_config.history_length
-    candidates = generate_candidates(
+    candidates, _ = window_candidates(
         retrieval,
         store,
         historical_features,
-        starts,
-        ex.items_by_user(sample.train),
+        sample.train,
+        sample.validation,
+        grid,
         config.ranker.n_candidates,
-        histories=ex.history_at_cut(sample.train, starts["user_id"], history),
     )
-    candidates = sorted_by_user(candidates)
     features, sizes, _ = ranker_inputs(store, historical_features, candidates, config.ranker.feature_service)
     labels = task_labels(candidates, sample.validation, dataset.items)
     return RankerRows(features=features, labels=labels, sizes=np.asarray(sizes, dtype=np.int64))
