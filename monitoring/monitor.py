@@ -3,7 +3,8 @@
 The current window is the ``window`` up to the newest event of the dataset version (or ``at``); the
 reference is the ``reference_window`` before it. Signals (:mod:`monitoring.signals`): data PSI, KL and
 fill rates of the event log and of the stored feature snapshots, category vocabulary changes, contract
-violations, business metrics from served lists, and, when a champion retriever is registered, its score
+violations, business metrics from served lists, the served ranker's calibration (its logged probabilities
+against the clicks, :mod:`monitoring.calibration`) and, when a champion retriever is registered, its score
 distribution and user-embedding drift. Each run writes ``monitor/runs/<run_id>/verdict.json`` with the
 Evidently reports beside it, and rewrites ``monitor/index.html``.
 
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.alerts import DEFAULT_RULES, Alert, Observation, evaluate_rules, format_alerts, load_rules
+from monitoring.calibration import calibration_note, calibration_observations, served_calibration
 from monitoring.drift import DriftError, Windows, nearest_snapshot
 from monitoring.signals import (
     business_observations,
@@ -190,6 +192,26 @@ def _model_observations(
     return observations, {"reference": top(ref_emb), "current": top(cur_emb)}
 
 
+def _calibration_observations(
+    state: StateDir, events: pd.DataFrame, windows: Windows, window: str, since: datetime
+) -> tuple[list[Observation], str | None]:
+    """The served ranker's calibration in the current window (the reference window's as baselines): the
+    answers logged in the state's served log during each window, joined to that window's clicks."""
+    from serving.served import SERVED_FOLDER, ServedTail  # the serving stack loads only for this read
+
+    tail = ServedTail(state.root / SERVED_FOLDER)
+    rows = list(tail.read_new(since_day=windows.reference_start.date().isoformat()))
+    sides = []
+    for start, stop in (
+        (windows.reference_start, windows.reference_end),
+        (windows.current_start, windows.current_end),
+    ):
+        inside = [row for row in rows if start < datetime.fromisoformat(row["served_at"]) <= stop]
+        sides.append(served_calibration(inside, _cut(events, start, stop)))
+    reference, current = sides
+    return calibration_observations(reference, current, window, since), calibration_note(current)
+
+
 def collect(
     config: PipelineConfig, window: str, dataset_version: str | None, at: datetime | None
 ) -> tuple[str, Windows, list[Observation], dict[str, Any], list[str]]:
@@ -262,6 +284,9 @@ def collect(
     if not business:
         notes.append("business metrics unavailable: the log holds no impressions with a request_id")
     observations += business
+    calibration, note = _calibration_observations(state, events, windows, window, since)
+    observations += calibration
+    notes += [note] if note else []
     frames: dict[str, Any] = {"reference": ref_frame, "current": cur_frame}
     frames["reference_target"] = ref_events["event_type"].reset_index(drop=True)
     frames["current_target"] = cur_events["event_type"].reset_index(drop=True)

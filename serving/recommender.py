@@ -47,7 +47,7 @@ from serving.schemas import (
     SimilarItemsResponse,
 )
 from serving.session import ENGAGED_EVENT_TYPES, SessionStore, SharedSessions
-from serving.stages import Candidates, RankingStage, RetrievalStage
+from serving.stages import Candidates, RankingStage, RetrievalStage, probabilities_of
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ class _ResponseBuilder:
         debug = None
         if self.request.debug:
             debug = {"timings_ms": self.timings, "ranker_model": self.assignment.model, **self.debug}
-        return RecommendResponse(
+        response = RecommendResponse(
             request_id=self.request_id,
             user_id=self.request.user_id,
             items=items,
@@ -469,3 +469,6 @@ class _ResponseBuilder:
             fallback_reason=fallback_reason,
             debug=debug,
         )
+        if retrieval_version is not None:  # ranked: the ranker may have attached its probabilities
+            response.set_probabilities(probabilities_of(chosen, ids))
+        return response

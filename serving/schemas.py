@@ -6,9 +6,10 @@ Requests are strict (unknown fields and coerced types are errors) so that a clie
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
 from recsys.vocab import DEVICE_TYPES, SURFACES
@@ -125,6 +126,19 @@ class RecommendResponse(BaseModel):
     fallback_reason: str | None = None
     cached: bool = False
     debug: dict[str, Any] | None = None
+    # The ranker's calibrated P(engaged) per item, aligned with `items`, for the served log (calibration
+    # monitoring); None when no calibrated ranker ordered the list. Private: not part of the HTTP body.
+    _probabilities: list[float] | None = PrivateAttr(default=None)
+
+    @property
+    def probabilities(self) -> list[float] | None:
+        return self._probabilities
+
+    def set_probabilities(self, probabilities: Sequence[float] | None) -> None:
+        """Attach the items' calibrated probabilities (kept by `model_copy`, so cached answers keep them)."""
+        if probabilities is not None and len(probabilities) != len(self.items):
+            raise ValueError(f"{len(probabilities)} probabilities for {len(self.items)} items")
+        self._probabilities = None if probabilities is None else [float(p) for p in probabilities]
 
 
 class HealthResponse(BaseModel):

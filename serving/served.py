@@ -4,7 +4,11 @@ Events carry the `request_id` of the answer they react to but not its experiment
 holds them, one JSON line per answer (cached answers included, each under its own request id):
 
     request_id, user_id, served_at (ISO 8601, UTC), experiments (experiment -> variant), item_ids,
-    fallback_reason, cached
+    probabilities, fallback_reason, cached
+
+`probabilities` is the ranker's calibrated P(engaged) of each item, aligned with `item_ids`, or null when
+no calibrated ranker ordered the answer (a fallback, a ranker without calibration); calibration
+monitoring (`monitoring.calibration`) joins it to the clicks. Lines written before it existed lack it.
 
 so the event log joins to what was served by `request_id` (the live canary counts impressions and clicks
 per variant this way). Each ingress process appends to a file of its own,
@@ -54,6 +58,7 @@ def served_row(response: RecommendResponse, served_at: datetime) -> dict[str, An
         "served_at": served_at.astimezone(UTC).isoformat(),
         "experiments": response.experiments,
         "item_ids": [item.item_id for item in response.items],
+        "probabilities": response.probabilities,
         "fallback_reason": response.fallback_reason,
         "cached": response.cached,
     }

@@ -31,6 +31,12 @@ AFFINITY_COLUMN = "user_genre_affinity"
 SESSION_COLD_START = "session"
 # The request's surface (recsys.vocab.SURFACES or None), put in the candidates' details by the ingress.
 SURFACE_DETAIL = "surface"
+# item id -> the ranker's calibrated P(engaged), put in the ranked candidates' details for the served log.
+PROBABILITIES_DETAIL = "probabilities"
+# Rankers whose `probabilities` read the very scores they serve: the LightGBM ranker's Platt map. A
+# multi-task ranker's calibration reads the default surface's mix of its heads as P(satisfied), so its
+# probability of another surface's score would be wrong; it logs none.
+CALIBRATED_KINDS = frozenset({"lightgbm"})
 
 
 class UnknownItemError(KeyError):
@@ -98,6 +104,31 @@ def order_by_score(item_ids: list[str], scores: np.ndarray) -> tuple[list[str], 
         raise ValueError(f"{len(item_ids)} item ids but {len(scores)} scores")
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     return [item_ids[i] for i in order], [float(scores[i]) for i in order]
+
+
+def calibrated_probabilities(
+    model: Any, item_ids: Sequence[str], scores: np.ndarray
+) -> dict[str, float] | None:
+    """item id -> calibrated P(engaged) from the raw scores already computed (one vectorised sigmoid, no
+    model call); None for a ranker without a calibration that reads its served scores."""
+    if getattr(model, "kind", None) not in CALIBRATED_KINDS or not getattr(model, "calibrated", False):
+        return None
+    probabilities = np.asarray(model.probabilities(scores), dtype=np.float64)
+    return dict(zip(item_ids, probabilities.tolist(), strict=True))
+
+
+def probabilities_of(candidates: Candidates, item_ids: Sequence[str]) -> list[float] | None:
+    """The calibrated probabilities of `item_ids` (a subset of the ranked `candidates`), in their order;
+    None when ranking attached none or one of the items has none.
+
+    >>> ranked = Candidates(["a", "b"], [2.0, 1.0], "4", details={"probabilities": {"a": 0.3, "b": 0.1}})
+    >>> probabilities_of(ranked, ["b", "a"]), probabilities_of(ranked, ["c"])
+    ([0.1, 0.3], None)
+    """
+    known: Mapping[str, float] | None = candidates.details.get(PROBABILITIES_DETAIL)
+    if known is None or any(item not in known for item in item_ids):
+        return None
+    return [float(known[item]) for item in item_ids]
 
 
 def item_info(items: pd.DataFrame, item_ids: list[str], vectors: ItemVectors | None) -> ItemInfo:
@@ -455,6 +486,9 @@ class RankingStage:
         )
         started = time.perf_counter()
         scores, user, items = self._scores(candidates, frame)
+        probabilities = calibrated_probabilities(self.model, candidates.item_ids, scores)
+        if probabilities is not None:
+            details[PROBABILITIES_DETAIL] = probabilities
         timings["rank"] = _ms(started)
         started = time.perf_counter()
         if self._rerank is not None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import doctest
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring import business, monitor, signals, upstream
-from monitoring.alerts import load_rules
+from monitoring import business, calibration, monitor, signals, upstream
+from monitoring.alerts import evaluate_rules, load_rules
 from monitoring.business import click_through_rate, served_lists
 from monitoring.decisions import Schedule, decide_trigger
 from monitoring.monitor import parse_duration, run_monitor
@@ -24,7 +25,7 @@ from recsys.state import StateDir
 START = pd.Timestamp("2024-01-01", tz="UTC")
 
 
-@pytest.mark.parametrize("module", [business, monitor, signals, upstream])
+@pytest.mark.parametrize("module", [business, calibration, monitor, signals, upstream])
 def test_doctests(module: object) -> None:
     assert doctest.testmod(module).failed == 0  # type: ignore[arg-type]
 
@@ -131,6 +132,9 @@ def test_a_stationary_log_fires_nothing_and_is_indexed(tmp_path: Path) -> None:
     assert run.exit_code == 0
     ctr = [o for o in run.observations if o.metric == "ctr" and o.window == "7d"]
     assert ctr and ctr[0].value == pytest.approx(1 / 5)  # one click on five impressions per request
+    # No served log with ranker probabilities: calibration is unavailable, not zero.
+    assert not [o for o in run.observations if o.metric.startswith("calibration_")]
+    assert any(note.startswith("calibration unavailable: no served answer") for note in run.notes)
     verdict = json.loads((run.path / "verdict.json").read_text())
     assert verdict["status"] == "ok" and not verdict["drift_detected"]
     for kind in ("data_drift", "target_drift"):
@@ -196,3 +200,102 @@ def test_promotion_needs_the_gate_and_the_shadow_comparison() -> None:
     assert decide_promotion(None, ["gate not installed"], 0.3, 0.2).promote
     kept = decide_promotion(True, [], 0.19, 0.2, margin=0.005)
     assert not kept.promote and kept.reasons[0].startswith("shadow: challenger NDCG 0.19 < champion 0.2")
+
+
+def test_served_calibration_joins_clicks_to_served_items_of_the_same_request() -> None:
+    from monitoring.calibration import served_calibration
+
+    rows: list[dict[str, Any]] = [
+        {"request_id": "r1", "item_ids": ["a", "b", "c"], "probabilities": [0.9, 0.3, 0.1]},
+        {"request_id": "r2", "item_ids": ["a", "d"], "probabilities": [0.7, 0.2]},
+        {"request_id": "r3", "item_ids": ["a"]},  # a line written before probabilities were logged
+        {"request_id": "r4", "item_ids": ["e"], "probabilities": None},  # a fallback answer
+        {"request_id": "r5", "item_ids": ["e", "f"], "probabilities": [0.5]},  # does not line up
+    ]
+    events = pd.DataFrame(
+        [
+            ("click", "r1", "a"),  # counts
+            ("click", "r1", "a"),  # the same click twice counts once
+            ("click", "r1", "d"),  # d was shown, but under r2
+            ("click", "r2", "b"),  # b was shown, but under r1
+            ("click", "r2", "z"),  # never shown
+            ("view", "r2", "a"),  # not a click
+            ("click", "r2", "d"),  # counts
+            ("click", "r3", "a"),  # its answer carries no probability
+            ("click", None, "c"),  # no request id
+        ],
+        columns=["event_type", "request_id", "item_id"],
+    )
+    result = served_calibration(rows, events, n_bins=2)
+    assert result is not None
+    # Labels a1=1 (0.9), b1=0 (0.3), c1=0 (0.1), a2=0 (0.7), d2=1 (0.2). Bin [0, .5): 0.3, 0.1, 0.2, mean
+    # 0.2 against 1/3 clicked; bin [.5, 1]: 0.9, 0.7, mean 0.8 against 1/2: ECE 3/5 * 2/15 + 2/5 * 0.3.
+    assert result.ece == pytest.approx(0.2)
+    assert result.impressions == 5
+    assert result.mean_predicted == pytest.approx(0.44) and result.observed_ctr == pytest.approx(0.4)
+    assert result.gap == pytest.approx(0.04)
+    assert served_calibration(rows[2:4], events) is None  # nothing with probabilities: unavailable
+
+
+def test_calibration_is_judged_from_enough_impressions_against_the_reference() -> None:
+    from monitoring.calibration import ServedCalibration, calibration_note, calibration_observations
+
+    since = START.to_pydatetime()
+    before = ServedCalibration(ece=0.01, mean_predicted=0.1, observed_ctr=0.09, impressions=3000)
+    now = ServedCalibration(ece=0.08, mean_predicted=0.15, observed_ctr=0.07, impressions=2500)
+    judged = {o.metric: o for o in calibration_observations(before, now, "7d", since, min_impressions=2000)}
+    assert judged["calibration_ece"].value == 0.08 and judged["calibration_ece"].baseline == 0.01
+    assert judged["calibration_gap"].value == pytest.approx(0.08)
+    assert judged["calibration_gap"].baseline == pytest.approx(0.01)
+    assert judged["calibration_impressions"].value == 2500 and judged["calibration_ece"].subject == "ranker"
+    fired = {a.rule for a in evaluate_rules(load_rules(), judged.values())}
+    assert fired == {"calibration-ece", "calibration-over-prediction"}
+    few = ServedCalibration(ece=0.3, mean_predicted=0.4, observed_ctr=0.1, impressions=1999)
+    assert [o.metric for o in calibration_observations(None, few, "7d", since, 2000)] == [
+        "calibration_impressions"
+    ]
+    assert "1999 impressions" in (calibration_note(few, 2000) or "")
+    unjudged_reference = calibration_observations(few, now, "7d", since, 2000)
+    assert all(o.baseline is None for o in unjudged_reference)
+    assert calibration_observations(None, None, "7d", since) == []
+    assert calibration_note(now, 2000) is None
+
+
+def test_monitor_judges_the_served_rankers_calibration(tmp_path: Path) -> None:
+    from serving.schemas import ModelVersion, RecommendedItem, RecommendResponse
+    from serving.served import SERVED_FOLDER, ServedLog
+
+    events = events_frame(3, 14, None, None)
+    state = make_state(tmp_path / "state", events)
+    current_start = events["event_ts"].max() - pd.Timedelta(days=7)
+    log = ServedLog(state.root / SERVED_FOLDER)
+    shown = events[events["event_type"] == "impression"].sort_values(["request_id", "position"])
+    for request_id, group in shown.groupby("request_id"):
+        at = group["event_ts"].iloc[0]
+        answer = RecommendResponse(
+            request_id=str(request_id),
+            user_id=str(group["user_id"].iloc[0]),
+            items=[
+                RecommendedItem(item_id=i, score=1.0, position=n) for n, i in enumerate(group["item_id"], 1)
+            ],
+            model_version=ModelVersion(retrieval="7", ranking="3"),
+        )
+        # Calibrated in the reference window (one click in five), over-predicting in the current one.
+        answer.set_probabilities([0.5 if at > current_start else 0.2] * len(group))
+        log.record(answer, at.to_pydatetime())
+    log.close()
+    config = PipelineConfig(
+        state_dir=state.root,
+        monitor=MonitorConfig(window="7d", model_sample_users=0, evidently_reports=False),
+    )
+    run = run_monitor(config)
+    observed = {o.metric: o for o in run.observations if o.metric.startswith("calibration_")}
+    assert observed["calibration_impressions"].value == (shown["event_ts"] > current_start).sum()
+    assert observed["calibration_ece"].value == pytest.approx(0.3)
+    assert observed["calibration_ece"].baseline == pytest.approx(0.0, abs=1e-12)
+    assert observed["calibration_observed_ctr"].value == pytest.approx(0.2)
+    assert observed["calibration_gap"].value == pytest.approx(0.3)
+    fired = {a.rule for a in run.alerts}
+    assert {"calibration-ece", "calibration-over-prediction"} <= fired
+    assert "calibration-under-prediction" not in fired
+    assert not any(note.startswith("calibration") for note in run.notes)

@@ -390,3 +390,46 @@ def test_ranking_many_requests_reads_features_once() -> None:
     assert reader.calls == [("ranker_v1", 3)]
     assert [r.item_ids for r in results if isinstance(r, Candidates)] == [["i1", "i11"], ["i21"], []]
     assert all(isinstance(r, Candidates) and r.details["batch_size"] == 3 for r in results)
+
+
+class CalibratedAffinityRanker(AffinityRanker):
+    """The affinity ranker with a Platt map, as a LightGBM ranker with calibration.json serves."""
+
+    kind = "lightgbm"
+    calibrated = True
+
+    def probabilities(self, raw_scores: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(4.0 * np.asarray(raw_scores) - 3.0)))
+
+
+def test_served_log_carries_calibrated_probabilities_of_ranked_answers_only(tmp_path: Path) -> None:
+    from serving.served import ServedLog, ServedTail
+
+    reader = Reader()
+    no_rerank = RerankConfig(enabled=False)
+    model = CalibratedAffinityRanker()
+    recommender = Recommender(
+        LocalRetrieval(RetrievalStage(GenreRetrieval(), reader)),
+        LocalRanking(RankingStage(model, reader, no_rerank)),
+        n_candidates=20,
+        max_k=20,
+        rerank=no_rerank,
+    )
+    api = create_api(recommender, max_k=20, served_log=ServedLog(tmp_path / "served"))
+    with TestClient(api) as client:
+        ranked = client.post("/recommend", json={"user_id": "u1", "k": 3}).json()
+        stranger = client.post("/recommend", json={"user_id": "stranger", "k": 3}).json()
+        reader.down = True
+        failed = client.post("/recommend", json={"user_id": "u1", "k": 3}).json()
+    assert "probabilities" not in ranked and all("probability" not in item for item in ranked["items"])
+    rows = {row["request_id"]: row for row in ServedTail(tmp_path / "served").read_new()}
+    logged = rows[ranked["request_id"]]
+    assert logged["item_ids"] == [item["item_id"] for item in ranked["items"]]
+    scores = np.array([item["score"] for item in ranked["items"]])  # the raw ranker scores, unchanged
+    assert logged["probabilities"] == pytest.approx(model.probabilities(scores).tolist())
+    assert logged["probabilities"] == sorted(logged["probabilities"], reverse=True)  # monotone in the score
+    assert (
+        stranger["fallback_reason"] == "unknown_user"
+        and rows[stranger["request_id"]]["probabilities"] is None
+    )
+    assert failed["fallback"] and rows[failed["request_id"]]["probabilities"] is None

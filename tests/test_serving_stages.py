@@ -88,3 +88,36 @@ def test_request_model_caps_k_from_configuration() -> None:
 def test_request_accepts_known_surface_and_device() -> None:
     request = RecommendRequest.model_validate({"user_id": "u", "surface": "email", "device": "tv"})
     assert (request.surface, request.device, request.k) == ("email", "tv", 10)
+
+
+class PlattRanker(ConstantRanker):
+    """A LightGBM-kind ranker with a Platt calibration: raw scores 2, 0, -1 for the candidates in order."""
+
+    kind = "lightgbm"
+    calibrated = True
+
+    def score(
+        self, user_features: dict[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
+    ) -> np.ndarray:
+        return np.array([2.0, 0.0, -1.0])[: len(item_features)]
+
+    def probabilities(self, raw_scores: np.ndarray) -> np.ndarray:
+        from training.calibration import PlattCalibrator
+
+        return PlattCalibrator(slope=1.0, intercept=-1.0).probabilities(raw_scores)
+
+
+def test_ranking_stage_attaches_calibrated_probabilities_of_a_calibrated_ranker() -> None:
+    reads = lambda service, rows: pd.DataFrame(rows)  # noqa: E731
+    ranked = RankingStage(PlattRanker(), reads).rank("u", Candidates(["a", "b", "c"], [3.0, 2.0, 1.0], "9"))
+    assert ranked.item_ids == ["a", "b", "c"] and ranked.scores == [2.0, 0.0, -1.0]  # order: raw scores
+    sigmoid = {"a": 1 / (1 + np.exp(-1.0)), "b": 1 / (1 + np.exp(1.0)), "c": 1 / (1 + np.exp(2.0))}
+    assert ranked.details["probabilities"] == pytest.approx(sigmoid)
+
+    uncalibrated = PlattRanker()
+    uncalibrated.calibrated = False  # an artefact without calibration.json
+    multitask = PlattRanker()
+    multitask.kind = "multitask"  # calibrated on another score than it serves
+    for model in (uncalibrated, multitask, ConstantRanker()):
+        plain = RankingStage(model, reads).rank("u", Candidates(["a", "b", "c"], [3.0, 2.0, 1.0], "9"))
+        assert "probabilities" not in plain.details
