@@ -68,11 +68,10 @@ def run_window_gate(config: PipelineConfig, version: str, since: pd.Timestamp) -
     """
     from evaluation.beyond_accuracy import list_metrics
     from evaluation.evaluate import item_categories, users_per_item
-    from evaluation.gate import judge
+    from evaluation.gate import judge, score_psi_of
     from evaluation.harness import load_window, score_system
     from evaluation.metrics import ranking_metrics
     from evaluation.replay import serving_latency
-    from monitoring.shift import score_psi
     from recsys.ingest.snapshot import load_table
     from training.registry import CHALLENGER, CHAMPION, TWO_TOWER_MODEL
 
@@ -102,7 +101,9 @@ def run_window_gate(config: PipelineConfig, version: str, since: pd.Timestamp) -
             users_per_item(window.seen),
             len(window.seen),
         )
-    psi = score_psi(runs[CHAMPION].ranked["rank_score"], runs[CHALLENGER].ranked["rank_score"])
+    # Calibrated probabilities, as the release gate compares them: raw ranker scores of two trainings sit
+    # on unrelated scales, so their PSI measures the scale, not what the models believe.
+    psi = score_psi_of({"champion": runs[CHAMPION], "challenger": runs[CHALLENGER]})
     timings = serving_latency(config, CHALLENGER, window.users[: cfg.latency_requests], cfg.ndcg_k)
     passed, reasons, checks = judge(
         figures[CHAMPION], figures[CHALLENGER], psi, float(np.percentile(timings, 99)), cfg

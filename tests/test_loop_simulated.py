@@ -80,13 +80,10 @@ def test_drift_is_detected_and_the_retrained_challenger_is_promoted(
     assert champion.tags["dataset_version"] == drifted["dataset_version"]
 
 
-@pytest.mark.xfail(
-    reason="both systems rank near chance on this small simulated world (NDCG@10 ~0.02 on 268 users): the "
-    "challenger's system NDCG is not yet clearly above the stale champion's",
-    strict=False,
-)
 def test_the_challenger_clearly_beats_the_stale_champion_on_the_drifted_window(
     turns: tuple[StateDir, list[Turn]],
 ) -> None:
     gate = next(step for step in turns[1][2].record["steps"] if step["step"] == "gate")
     assert gate["ndcg.challenger"] > 1.1 * gate["ndcg.champion"]
+    # Calibrated probabilities on the same requests: the retrained ranker may sharpen, not jump scale.
+    assert gate["score_psi.value"] < 0.2
