@@ -9,17 +9,21 @@ Global (``split.method: global``): train < T <= validation < T + d <= test, with
 ``validation_days``; the default T leaves the last ``test_days`` to test.
 
 Either way every held-out event of a user comes after all of that user's training events, as it would in
-production. The per-user split lives in ``splits/<version>/``, the global one in ``splits/<version>/global/``.
+production. The per-user split lives in ``splits/<version>/``, the global one in ``splits/<version>/global/``,
+each with the settings it was cut with (``split.json``): a split asked for with other settings is refused,
+not silently replaced by the one on disk.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +35,12 @@ from recsys.state import MissingStateError, StateDir
 
 PARTS: tuple[str, ...] = ("train", "validation", "test")
 SPLIT_METHODS: tuple[str, ...] = ("per_user", "global")
+SETTINGS_FILE = "split.json"
+# The settings that decide each method's cut; the other method's settings do not change it.
+CUT_SETTINGS: dict[str, tuple[str, ...]] = {
+    "per_user": ("validation_fraction", "test_fraction", "min_user_events"),
+    "global": ("cutoff", "validation_days", "test_days"),
+}
 
 
 class SplitError(ValueError):
@@ -148,22 +158,64 @@ def split_events(events: pd.DataFrame, cfg: SplitConfig) -> Split:
     return split
 
 
-def write_split(state: StateDir, version: str, split: Split, method: str = "per_user") -> Path:
-    """Write the three parts as Parquet under :func:`split_dir` (atomically; never overwrites)."""
+def cut_settings(cfg: SplitConfig) -> dict[str, Any]:
+    """The method and the settings that decide its cut, as recorded in ``split.json``."""
+    dumped = cfg.model_dump(mode="json")
+    return {"method": cfg.method, **{key: dumped[key] for key in CUT_SETTINGS[cfg.method]}}
+
+
+def check_cut_settings(folder: Path, cfg: SplitConfig) -> None:
+    """Refuse a split on disk that was cut with other settings than `cfg`'s (a split written before
+    settings were recorded has no ``split.json`` and passes).
+
+    Raises:
+        SplitError: the recorded settings differ, naming each difference.
+    """
+    path = folder / SETTINGS_FILE
+    if not path.exists():
+        return
+    recorded = json.loads(path.read_text())
+    wanted = cut_settings(cfg)
+    differ = [
+        f"{key} {recorded.get(key)!r} (asked: {value!r})"
+        for key, value in wanted.items()
+        if recorded.get(key) != value
+    ]
+    if differ:
+        raise SplitError(
+            f"the {cfg.method} split in {folder} was cut with {', '.join(differ)}: "
+            "use its settings, or remove that folder to cut it again"
+        )
+
+
+def write_split(
+    state: StateDir,
+    version: str,
+    split: Split,
+    method: str = "per_user",
+    settings: SplitConfig | None = None,
+) -> Path:
+    """Write the three parts as Parquet under :func:`split_dir` (atomically; never overwrites), with
+    `settings`' cut settings in ``split.json`` when given."""
     target = split_dir(state, version, method)
     if all((target / f"{part}.parquet").exists() for part in PARTS):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{version}-{uuid.uuid4().hex}"
     tmp.mkdir()
+    files = [f"{part}.parquet" for part in PARTS]
     try:
+        if settings is not None:
+            # Written before the parts are in place, so a present split always names its settings.
+            (tmp / SETTINGS_FILE).write_text(json.dumps(cut_settings(settings), sort_keys=True) + "\n")
+            files.insert(0, SETTINGS_FILE)
         for part in PARTS:
             pq.write_table(to_arrow(getattr(split, part), EVENTS_SCHEMA), tmp / f"{part}.parquet")
         if target.exists():
-            # The per-user folder also holds the global split's folder, so it is filled part by part
+            # The per-user folder also holds the global split's folder, so it is filled file by file
             # (each replace is atomic; the split counts as present once all three parts are).
-            for part in PARTS:
-                os.replace(tmp / f"{part}.parquet", target / f"{part}.parquet")
+            for name in files:
+                os.replace(tmp / name, target / name)
         else:
             os.rename(tmp, target)
     except OSError:
@@ -174,9 +226,17 @@ def write_split(state: StateDir, version: str, split: Split, method: str = "per_
     return target
 
 
-def load_split(state: StateDir, version: str, method: str = "per_user") -> Split:
-    """The split of a dataset version, as written by :func:`write_split`."""
+def load_split(
+    state: StateDir, version: str, method: str = "per_user", settings: SplitConfig | None = None
+) -> Split:
+    """The split of a dataset version, as written by :func:`write_split`.
+
+    Raises:
+        SplitError: `settings` (when given) ask for another cut than the one on disk.
+    """
     folder = split_dir(state, version, method)
+    if settings is not None:
+        check_cut_settings(folder, settings)
     frames: dict[str, pd.DataFrame] = {}
     for part in PARTS:
         path = folder / f"{part}.parquet"
@@ -201,7 +261,9 @@ def run_split(config: PipelineConfig, dataset_version: str | None = None) -> Spl
     if created:
         with console.status(f"splitting dataset {version} by time ({method})"):
             events = load_table(state, version, "interaction_events")
-            write_split(state, version, split_events(events, config.split), method)
+            write_split(state, version, split_events(events, config.split), method, config.split)
+    else:
+        check_cut_settings(folder, config.split)
     counts = {part: pq.ParquetFile(folder / f"{part}.parquet").metadata.num_rows for part in PARTS}
     console.print(
         f"split {version} ({method}): train {counts['train']:,}, "

@@ -140,3 +140,57 @@ def test_run_split_writes_each_method_to_its_own_folder(tmp_path: object) -> Non
     assert len(load_split(state, version).test) == per_user.n_test
     with pytest.raises(SplitError, match="unknown split"):
         split_dir(state, version, "random")
+
+
+def _synthetic_version(state: StateDir) -> tuple[str, pd.DataFrame]:
+    """A saved dataset version of synthetic events (three per hour of one week), and its events."""
+    events = synthetic_events(3)
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(30)],
+            "title": "t",
+            "text": "t",
+            "categories": [[]] * 30,
+            "duration_s": None,
+            "published_at": pd.Series([pd.NaT] * 30, dtype="datetime64[us, UTC]"),
+        }
+    ).astype({"duration_s": "float64"})
+    users = pd.DataFrame({"user_id": sorted(events["user_id"].unique())})
+    users["signup_ts"] = pd.Series(pd.Timestamp("2017-01-01", tz="UTC"), index=users.index).astype(
+        "datetime64[us, UTC]"
+    )
+    users["region"] = None
+    version, _ = save_dataset(state, events, items, users, source={"name": "synthetic"})
+    return version, events
+
+
+def test_a_split_asked_for_with_other_settings_is_refused_not_reused(tmp_path: object) -> None:
+    from pathlib import Path
+
+    state = StateDir(Path(str(tmp_path)) / "state")
+    version, events = _synthetic_version(state)
+    span_days = (events["event_ts"].max() - events["event_ts"].min()).total_seconds() / 86400
+    short = SplitConfig(method="global", test_days=span_days / 50, validation_days=span_days / 50)
+    long = SplitConfig(method="global", test_days=span_days / 3, validation_days=span_days / 50)
+    written = run_split(PipelineConfig(state_dir=state.root, split=short), version)
+    assert len(split_events(events, long).test) > written.n_test  # the two cuts do differ
+
+    # A second run with the same settings reuses the split; any reader with them loads it.
+    again = run_split(PipelineConfig(state_dir=state.root, split=short), version)
+    assert (again.created, again.n_test) == (False, written.n_test)
+    assert len(load_split(state, version, "global", short).test) == written.n_test
+    # Other settings are refused by name, both when splitting and when training or evaluating load it.
+    with pytest.raises(SplitError, match=r"test_days .* \(asked: "):
+        run_split(PipelineConfig(state_dir=state.root, split=long), version)
+    with pytest.raises(SplitError, match="test_days"):
+        load_split(state, version, "global", long)
+    # The per-user split's settings are its own: the global split's days do not concern it.
+    per_user = run_split(PipelineConfig(state_dir=state.root), version)
+    load_split(state, version, "per_user", SplitConfig(test_days=99.0))
+    with pytest.raises(SplitError, match=r"test_fraction 0\.2 \(asked: 0\.3\)"):
+        load_split(state, version, "per_user", SplitConfig(test_fraction=0.3))
+    assert len(load_split(state, version, "global").test) == written.n_test
+    assert len(load_split(state, version).test) == per_user.n_test
+    # A split written before settings were recorded cannot be checked, and loads as before.
+    (split_dir(state, version, "global") / "split.json").unlink()
+    assert len(load_split(state, version, "global", long).test) == written.n_test
