@@ -7,7 +7,9 @@ user's window start:
 - features come from a `PointInTimeReader` (Feast historical reads at the user's window start, fetched
   in bulk) instead of the online store, which already holds the window being judged;
 - the retriever excludes the user's history before the window (`AsOfRetrieval`), not everything the
-  user has ever seen, which would include the very items being judged.
+  user has ever seen, which would include the very items being judged;
+- the popularity fallback of users the model does not know (cold start) counts the history before the
+  window, not the model's stored list, which counts every event of the dataset, the window's included.
 
 `serving_latency` is the other use of the same stages: the live path with online features, timed per
 request, for the gate's latency check.
@@ -77,15 +79,22 @@ class AsOfRetrieval:
 
     A user tower that reads recent positive items gets them as of the window start too (``recent``,
     from `training.examples.history_at_cut`), not the model's stored ones, which may hold the window.
-    Delegates everything else to the served model (same weights, same fallback).
+    So does the popularity fallback (``popularity``, (item, score) best first, from
+    `training.examples.popularity` over the history), when given. Delegates everything else to the
+    served model (same weights).
     """
 
     def __init__(
-        self, model: Any, history: Mapping[str, set[str]], recent: Mapping[str, Sequence[str]] | None = None
+        self,
+        model: Any,
+        history: Mapping[str, set[str]],
+        recent: Mapping[str, Sequence[str]] | None = None,
+        popularity: Sequence[tuple[str, float]] | None = None,
     ) -> None:
         self._model = model
         self._history = history
         self._recent = recent or {}
+        self._popularity = None if popularity is None else list(popularity)
         self._row = {item: row for row, item in enumerate(model.catalog)}
         # The saved index describes items as of the end of training: searching it for an earlier window
         # would describe items with features from after the moment judged.
@@ -111,8 +120,11 @@ class AsOfRetrieval:
         return bool(self._model.knows_user(user_id))
 
     def popular(self, n: int) -> tuple[list[str], np.ndarray]:
-        ids, scores = self._model.popular(n)
-        return list(ids), np.asarray(scores)
+        if self._popularity is None:
+            ids, scores = self._model.popular(n)
+            return list(ids), np.asarray(scores)
+        top = self._popularity[:n]
+        return [item for item, _ in top], np.array([score for _, score in top], dtype=np.float32)
 
     def embed_users(
         self, user_ids: list[str], features: pd.DataFrame, histories: Sequence[Sequence[str]] | None = None
@@ -166,12 +178,18 @@ def _stages(
         else None
     )
     recent = None
-    if history_events is not None and tower.history_length:
+    popularity = None
+    if history_events is not None:
         from training.examples import history_at_cut
+        from training.examples import popularity as count_popularity
 
-        users = history_events["user_id"].astype(str).unique()
-        recent = history_at_cut(history_events, users, tower.history_length)
-    model = AsOfRetrieval(tower, history, recent) if history is not None else tower
+        # The stored list counts the whole dataset, the judged window too: cold-start users would be
+        # served items popular because of the very events being judged.
+        popularity = count_popularity(history_events)
+        if tower.history_length:
+            users = history_events["user_id"].astype(str).unique()
+            recent = history_at_cut(history_events, users, tower.history_length)
+    model = AsOfRetrieval(tower, history, recent, popularity) if history is not None else tower
     retrieval = RetrievalStage(model, reader, str(tower.feature_service))
     ranking = RankingStage(ranker, reader, rerank, vectors)
     return retrieval, ranking, tower_version, ranker_version

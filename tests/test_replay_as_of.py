@@ -51,3 +51,33 @@ def test_a_history_reading_tower_gets_the_history_before_the_window() -> None:
     model = AsOfRetrieval(_HistoryTower(), {"u": set()}, {"u": ["a", "b"]})
     assert model.embed_users(["u", "stranger"], pd.DataFrame([{}, {}])).tolist() == [[2.0, 1.0], [0.0, 1.0]]
     assert model.embed_users(["u"], pd.DataFrame([{}]), [["c"]]).tolist() == [[1.0, 1.0]]
+
+
+class _PopularTower(_Tower):
+    """A tower that knows only user "u" and whose stored popularity list counts the judged window too."""
+
+    def knows_user(self, user_id: str) -> bool:
+        return user_id == "u"
+
+    def popular(self, n: int) -> tuple[list[str], np.ndarray]:
+        return ["c", "b", "a"][:n], np.array([9.0, 5.0, 1.0], dtype=np.float32)[:n]
+
+
+def test_the_cold_start_fallback_counts_only_the_history_before_the_window() -> None:
+    from serving.stages import UNKNOWN_USER, RetrievalStage
+    from training.examples import popularity
+
+    history_events = pd.DataFrame(
+        {
+            "user_id": ["u", "v", "v"],
+            "item_id": ["a", "a", "b"],
+            "event_type": ["like", "like", "like"],
+        }
+    )
+    model = AsOfRetrieval(_PopularTower(), {"u": {"a"}}, popularity=popularity(history_events))
+    answer = RetrievalStage(model, lambda service, rows: pd.DataFrame(rows)).candidates("stranger", 10, 2)
+    assert answer.fallback_reason == UNKNOWN_USER
+    assert answer.item_ids == ["a", "b"]  # "c" is popular only in the window, which the history lacks
+    assert answer.scores == [2.0, 1.0]
+    # Without a history popularity it is the model's stored list, as live serving uses.
+    assert AsOfRetrieval(_PopularTower(), {}).popular(2)[0] == ["c", "b"]
