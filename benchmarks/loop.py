@@ -55,6 +55,15 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else "" if value is None else str(value)
 
 
+def _psi(gate: dict[str, Any]) -> str:
+    # The gate does not judge a shift away from a champion whose probabilities are one value.
+    return (
+        "not judged (flat champion)"
+        if gate.get("score_psi.judged") is False
+        else _fmt(gate.get("score_psi.value"))
+    )
+
+
 def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         "# The loop on the simulator: drift on 2024-01-22",
@@ -88,7 +97,7 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 f"| {r['as_of']} | {g.get('users')} | {g.get('since', '')[:16]} "
                 f"| {_fmt(g.get('ndcg.champion'))} | {_fmt(g.get('ndcg.challenger'))} "
                 f"| {_fmt(s.get('shadow_ndcg_champion'))} | {_fmt(s.get('shadow_ndcg_challenger'))} "
-                f"| {_fmt(g.get('score_psi.value'))} | {_fmt(g.get('latency.p99_ms'))} "
+                f"| {_psi(g)} | {_fmt(g.get('latency.p99_ms'))} "
                 f"| {'passed' if g.get('passed') else 'failed: ' + '; '.join(g.get('reasons', []))} |"
             )
     return "\n".join(lines) + "\n"

@@ -8,7 +8,10 @@ point-in-time features (`evaluation.harness`). The challenger passes when all ch
 - `score_psi`: PSI of its ranker's calibrated probabilities against the champion's on those requests
   is below `max_score_psi`. Calibrated, because two lambdarank models put raw scores on unrelated
   scales (a seed alone moves the raw PSI above 1); probabilities share a scale, so a large PSI means
-  the challenger believes something else about the same users (`score_psi_of`);
+  the challenger believes something else about the same users (`score_psi_of`). Not judged (NaN,
+  passes, `judged` 0) when the champion's probabilities are flat: a ranker whose out-of-fold scores
+  did not rise with engagement gets its base rate for every candidate (`fit_platt`), and against a
+  point mass any other value, even the base rate re-estimated on new data, is a PSI of about 18;
 - `coverage`, `diversity`: catalogue coverage and category diversity of its top-K lists are at least
   `min_coverage` and `min_diversity`;
 - `latency`: p99 of the in-process serving path (retrieval -> ranking -> re-ranking with online
@@ -74,7 +77,12 @@ def judge(
             "margin": cfg.ndcg_margin,
             "passed": bool(ndcg_x >= ndcg_c - cfg.ndcg_margin),
         },
-        "score_psi": {"value": psi, "max": cfg.max_score_psi, "passed": bool(psi < cfg.max_score_psi)},
+        "score_psi": {
+            "value": psi,
+            "max": cfg.max_score_psi,
+            "judged": not np.isnan(psi),
+            "passed": bool(np.isnan(psi) or psi < cfg.max_score_psi),
+        },
         "coverage": {
             "value": coverage,
             "min": cfg.min_coverage,
@@ -114,8 +122,6 @@ def score_psi_of(systems: Mapping[str, Any]) -> float:
     Raises:
         ValueError: a ranker without calibration (trained before rankers were calibrated).
     """
-    from monitoring.shift import score_psi
-
     for role in ("champion", "challenger"):
         run = systems[role]
         if run.ranked["rank_probability"].isna().any():
@@ -123,11 +129,26 @@ def score_psi_of(systems: Mapping[str, Any]) -> float:
                 f"the {role} ranker v{run.ranker_version} has no calibration, so its score distribution "
                 "cannot be compared: retrain it with `recsys train` (or promote with --force)"
             )
-    return float(
-        score_psi(
-            systems["champion"].ranked["rank_probability"], systems["challenger"].ranked["rank_probability"]
-        )
+    return probability_psi(
+        systems["champion"].ranked["rank_probability"], systems["challenger"].ranked["rank_probability"]
     )
+
+
+def probability_psi(champion: Any, challenger: Any) -> float:
+    """PSI of the challenger's calibrated probabilities against the champion's; NaN (not judged) when
+    the champion's are one value, a flat calibration with no distribution to shift from.
+
+    >>> probability_psi([0.0007] * 4, [0.0008] * 4)
+    nan
+    >>> round(probability_psi([0.1, 0.2, 0.3, 0.4], [0.1, 0.1, 0.1, 0.4]), 2)
+    4.46
+    """
+    from monitoring.shift import score_psi
+
+    reference = np.asarray(champion, dtype=np.float64)
+    if np.unique(reference[np.isfinite(reference)]).size <= 1:
+        return float("nan")
+    return float(score_psi(reference, challenger))
 
 
 def _decision_key(

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from evaluation.document import DOCUMENT_KEYS, build_document, calibration_summary, curve_ks
-from evaluation.gate import judge
+from evaluation.gate import judge, probability_psi
 from evaluation.report import popularity_percentiles, render_html, slices_figure
 from evaluation.slices import context_slices, item_slices, restrict_relevant, slice_metrics, user_slices
+from monitoring.shift import score_psi
 from recsys.config import GateConfig
 
 
@@ -99,6 +100,23 @@ def test_gate_judge_passes_within_margins_and_names_each_failure() -> None:
     ]  # fmt: skip
     assert reasons[0] == "NDCG@10 0.2500 is 0.0500 below the champion 0.3000 (margin 0.0200)"
     assert "PSI 0.200" in reasons[1] and "171.0 ms" in reasons[4]
+
+
+def test_gate_does_not_judge_a_shift_from_a_flat_champion() -> None:
+    cfg = GateConfig(ndcg_k=10, max_score_psi=0.2)
+    challenger = {"ndcg@10": 0.3, "coverage@10": 0.2, "category_diversity@10": 0.6}
+    # The champion's Platt fit was flat (its base rate for every candidate); the challenger's base rate,
+    # re-estimated on newer data, differs by 6%: against the point mass, PSI says ~18.
+    assert score_psi([0.000741] * 50, [0.000787] * 50) > 18
+    psi = probability_psi([0.000741] * 50, [0.000787] * 50)
+    passed, reasons, checks = judge({"ndcg@10": 0.2}, challenger, psi, 10.0, cfg)
+    assert passed and reasons == []
+    assert checks["score_psi"]["judged"] is False and checks["score_psi"]["passed"] is True
+    # A flat challenger against a champion that spreads its probabilities is judged, and refused.
+    spread = np.linspace(0.001, 0.2, 50)
+    psi = probability_psi(spread, [0.000787] * 50)
+    passed, reasons, checks = judge({"ndcg@10": 0.2}, challenger, psi, 10.0, cfg)
+    assert checks["score_psi"]["judged"] is True and not passed and "PSI" in reasons[0]
 
 
 def test_popularity_percentiles_rank_the_catalogue() -> None:
