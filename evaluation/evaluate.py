@@ -11,9 +11,10 @@ Relevant items are the user's window positives. On the same users:
 - champion: the champion's retrieval+ranking, when the evaluated system is another one;
 - served: the serving stages themselves replayed over the same users (`evaluation.replay`).
 
-Outputs, next to each other in `<state>/evaluation/<dataset_version>/[<split>-<model>/]`: metrics.json
-(schema `METRICS_SCHEMA_VERSION`, documented in docs/evaluation.md), report.html (self-contained),
-table.txt and metrics.png.
+Outputs, next to each other in `<state>/evaluation/<dataset_version>/[global/][<split>-<model>/]`
+(`global/` for a `split.method: global` split, as `evaluation.split.split_dir` keeps that split apart):
+metrics.json (schema `METRICS_SCHEMA_VERSION`, documented in docs/evaluation.md), report.html
+(self-contained), table.txt and metrics.png. table.txt and the console also show every slice.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rich.table import Table
 from evaluation.beyond_accuracy import list_metrics
 from evaluation.harness import rankings_by_user as rankings_by_user
 from evaluation.metrics import ranking_metrics
+from evaluation.split import SPLIT_METHODS, SplitError
 from recsys.config import PipelineConfig
 from recsys.state import StateDir
 
@@ -46,6 +48,8 @@ EXTRA_COLUMNS: dict[str, str] = {
     "novelty": "Novelty",
     "gini": "Gini",
 }
+# Columns of the slice table: metric key prefix -> header.
+SLICE_METRICS: dict[str, str] = {"ndcg": "NDCG", "recall": "Recall"}
 console = Console(stderr=True)
 
 
@@ -131,6 +135,50 @@ def render_extra_table(models: Mapping[str, Mapping[str, float]], ks: Sequence[i
     return table
 
 
+def slice_columns(ks: Sequence[int]) -> list[str]:
+    """The metric keys of the slice table: NDCG and Recall at 10 and Recall at 100, or at the smallest
+    and largest configured K when 10 or 100 is not configured.
+
+    >>> slice_columns([10, 50, 100]), slice_columns([5, 20]), slice_columns([10])
+    (['ndcg@10', 'recall@10', 'recall@100'], ['ndcg@5', 'recall@5', 'recall@20'], ['ndcg@10', 'recall@10'])
+    """
+    small = 10 if 10 in ks else min(ks)
+    large = 100 if 100 in ks else max(ks)
+    return [f"ndcg@{small}", f"recall@{small}"] + ([f"recall@{large}"] if large != small else [])
+
+
+def render_slices_text(document: Mapping[str, Any]) -> str:
+    """The slices of a metrics document as plain text: per slice a line with its user count, then one
+    row per system at the columns of `slice_columns`; an empty slice is a single line. "" without slices.
+
+    Columns are aligned across slices so that a system can be compared from one slice to the next.
+    """
+    slices: Mapping[str, Mapping[str, Any]] = document.get("slices") or {}
+    if not slices:
+        return ""
+    columns = slice_columns(document["ks"])
+    headers = [f"{SLICE_METRICS[key.split('@')[0]]}@{key.split('@')[1]}" for key in columns]
+    systems = [name for block in slices.values() for name in block["models"]]
+    name_width = max([len("system"), *map(len, systems)])
+    widths = [max(len(header), 6) for header in headers]
+    lines = [f"Slices of the {document['split']} window"]
+    for name, block in slices.items():
+        n_users = block["n_users"]
+        if not n_users:
+            lines.append(f"{name}: 0 users, no metrics")
+            continue
+        lines.append(f"{name}: {n_users} user{'' if n_users == 1 else 's'}")
+        cells = [h.rjust(w) for h, w in zip(headers, widths, strict=True)]
+        lines.append("  " + "  ".join(["system".ljust(name_width), *cells]).rstrip())
+        for system, values in block["models"].items():
+            cells = [
+                (f"{values[key]:.4f}" if key in values else "-").rjust(w)
+                for key, w in zip(columns, widths, strict=True)
+            ]
+            lines.append("  " + "  ".join([system.ljust(name_width), *cells]))
+    return "\n".join(lines)
+
+
 def _metric_key(model: str, metric: str) -> str:
     """An MLflow-legal metric name: test_retrieval_ranking_ndcg_at_10."""
     return f"test_{model.replace('+', '_')}_{metric.replace('@', '_at_')}"
@@ -180,12 +228,22 @@ def baseline_rankings(
     return rankings
 
 
-def output_dir(state: StateDir, version: str, split: str, model_ref: str) -> Path:
-    """Where an evaluation writes: the dataset's folder for the champion on test (the default run),
-    a `<split>-<ref>` folder below it otherwise, so runs on other models never overwrite it."""
+def evaluation_dir(state: StateDir, version: str, method: str = "per_user") -> Path:
+    """The evaluations of ``version`` on a ``method`` split: ``evaluation/<version>/`` (per user) or
+    ``.../global/``, mirroring `evaluation.split.split_dir`, so the two splits' figures never overwrite
+    each other. ``global`` cannot clash with a ``<split>-<ref>`` folder: those always hold a hyphen."""
+    if method not in SPLIT_METHODS:
+        raise SplitError(f"unknown split {method!r}; known: {', '.join(SPLIT_METHODS)}")
+    base = state.evaluation(version)
+    return base if method == "per_user" else base / method
+
+
+def output_dir(state: StateDir, version: str, split: str, model_ref: str, method: str = "per_user") -> Path:
+    """Where an evaluation writes: the `evaluation_dir` of the split method for the champion on test (the
+    default run), a `<split>-<ref>` folder below it otherwise, so runs on other models never overwrite it."""
     from training.registry import CHAMPION
 
-    base = state.evaluation(version)
+    base = evaluation_dir(state, version, method)
     return base if (split, model_ref) == ("test", CHAMPION) else base / f"{split}-{model_ref}"
 
 
@@ -273,13 +331,16 @@ def run_evaluate(
         system.ranked["rank_probability"].to_numpy(),
     )
     versions = {"retrieval": system.two_tower_version, "ranking": system.ranker_version}
+    method = config.split.method
     title = f"{split} window, {len(users)} users, dataset {version}, model {model}"
+    if method != "per_user":
+        title += f", {method} split"
     table = render_table(models, ks, title)
     extra = render_extra_table(models, ks, f"{title}: more ranking metrics and beyond accuracy")
     console.print(table)
     console.print(extra)
 
-    out_dir = output_dir(window.state, version, split, model)
+    out_dir = output_dir(window.state, version, split, model, method)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = build_document(
         dataset_version=version,
@@ -298,10 +359,16 @@ def run_evaluate(
         report="report.html",
     )
     (out_dir / "metrics.json").write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    slices_text = render_slices_text(document)
+    if slices_text:
+        # Plain text, not markup: slice names such as `device=[tv]` must print as they are.
+        console.print(slices_text, markup=False, highlight=False, soft_wrap=True)
     with (out_dir / "table.txt").open("w") as handle:
         table_console = Console(file=handle, width=160)
         table_console.print(table)
         table_console.print(extra)
+        if slices_text:
+            table_console.print(slices_text, markup=False, highlight=False, soft_wrap=True)
     _plot(models, ks, out_dir / "metrics.png")
     write_report(document, rankings, item_counts, catalogue, out_dir / "report.html")
 

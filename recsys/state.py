@@ -14,7 +14,7 @@ Layout (all paths below ``root``)::
     ray/                          Ray Train run storage while a training job runs
     tuning/<dataset_version>/<target>/best.yaml  the best trial of `recsys tune`
     simulated/                    the simulator's partitioned event log, items and users
-    evaluation/<dataset_version>/ metrics.json and the printed table
+    evaluation/<dataset_version>/ metrics.json and the printed table; global/ for the global split
     drift/<dataset_version>/      Evidently HTML report and drift.json
     events/event_date=<date>/     events received by the serving API (Parquet, fsync'd)
     monitor/runs/<run_id>/        a monitor or loop run: verdict.json, Evidently reports
