@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,3 +86,20 @@ def small_pipeline(tmp_path_factory: pytest.TempPathFactory) -> StateDir:
     proc = run_recsys(state_dir, "pipeline", "--config", SMALL_CONFIG, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return StateDir(state_dir)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; installed with apt when missing and apt is usable (root), otherwise skip."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("no chromium and no usable apt-get (needs root) to install it")
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=900
+    )
+    found = shutil.which("chromium")
+    if proc.returncode != 0 or found is None:
+        pytest.skip(f"apt-get install chromium failed: {proc.stderr.strip()[-300:]}")
+    return found

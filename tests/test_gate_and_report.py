@@ -5,8 +5,6 @@ gate it, promote and roll back through the `recsys` command; render the HTML rep
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,23 +124,6 @@ def test_gate_passes_promote_then_rollback(trained: Trained) -> None:
     assert resolve_system(trained.state, "champion") == ("1", "1")
     again = run_recsys(trained.state.root, "rollback", "--config", CONFIG)
     assert again.returncode == 1 and "no previous champion" in " ".join(again.stderr.split())
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's chromium; installed with apt when missing and apt is usable (root), otherwise skip."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("no chromium and no usable apt-get (needs root) to install it")
-    proc = subprocess.run(
-        ["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, timeout=900
-    )
-    found = shutil.which("chromium")
-    if proc.returncode != 0 or found is None:
-        pytest.skip(f"apt-get install chromium failed: {proc.stderr.strip()[-300:]}")
-    return found
 
 
 def test_report_renders_its_plots_in_a_headless_browser(

@@ -299,3 +299,33 @@ def test_monitor_judges_the_served_rankers_calibration(tmp_path: Path) -> None:
     assert {"calibration-ece", "calibration-over-prediction"} <= fired
     assert "calibration-under-prediction" not in fired
     assert not any(note.startswith("calibration") for note in run.notes)
+
+
+@pytest.mark.integration
+def test_the_drift_report_of_a_run_renders_in_a_headless_browser(chromium: str, tmp_path: Path) -> None:
+    """Evidently's HTML is a JavaScript app over embedded JSON: only a browser shows whether it draws."""
+    import subprocess
+
+    from PIL import Image
+
+    state = make_state(tmp_path / "state", events_frame(1, 14, shift_after=10, drop_device_after=None))
+    run = run_monitor(config_for(state))
+    page = run.path / json.loads((run.path / "verdict.json").read_text())["reports"]["data_drift"]["html"]
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000"]
+    shot = tmp_path / "data_drift.png"
+    subprocess.run(
+        [*browser, "--hide-scrollbars", "--window-size=1400,2400", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    dom = subprocess.run(
+        [*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    # The script drew the summary table's distribution charts: SVG elements the file itself does not hold.
+    assert dom.count("<svg") >= page.read_text().count("<svg") + 8
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
+    assert rgb.shape == (2400, 1400, 3)
+    # Evidently draws the reference and current distributions as red bars, one pair per column.
+    red = (rgb[..., 0] > 200) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)
+    assert red.mean() > 0.005, "no distribution chart was drawn"
