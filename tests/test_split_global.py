@@ -112,22 +112,7 @@ def test_run_split_writes_each_method_to_its_own_folder(tmp_path: object) -> Non
     from pathlib import Path
 
     state = StateDir(Path(str(tmp_path)) / "state")
-    events = synthetic_events(3)
-    items = pd.DataFrame(
-        {
-            "item_id": [f"i{k}" for k in range(30)],
-            "title": "t",
-            "text": "t",
-            "categories": [[]] * 30,
-            "duration_s": None,
-            "published_at": pd.Series([pd.NaT] * 30, dtype="datetime64[us, UTC]"),
-        }
-    ).astype({"duration_s": "float64"})
-    users = pd.DataFrame({"user_id": sorted(events["user_id"].unique())})
-    users["signup_ts"] = pd.Timestamp("2017-01-01", tz="UTC")
-    users["signup_ts"] = users["signup_ts"].astype("datetime64[us, UTC]")
-    users["region"] = None
-    version, _ = save_dataset(state, events, items, users, source={"name": "synthetic"})
+    version, _ = _synthetic_version(state)
     glob = PipelineConfig(
         state_dir=state.root, split=SplitConfig(method="global", test_days=1e-4, validation_days=1e-4)
     )
