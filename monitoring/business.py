@@ -43,10 +43,15 @@ def click_through_rate(events: pd.DataFrame) -> float:
     shown = with_request[with_request["event_type"] == "impression"][["request_id", "item_id"]]
     if shown.empty:
         return float("nan")
-    clicked = with_request[with_request["event_type"] == "click"][["request_id", "item_id"]]
     shown = shown.drop_duplicates()
-    joined = shown.merge(clicked.drop_duplicates(), on=["request_id", "item_id"], how="inner")
+    joined = shown.merge(clicked_pairs(with_request), on=["request_id", "item_id"], how="inner")
     return len(joined) / len(shown)
+
+
+def clicked_pairs(events: pd.DataFrame) -> pd.DataFrame:
+    """Distinct (request_id, item_id) of the clicks that carry a request id: what a served item joins to."""
+    clicks = events[(events["event_type"] == "click") & events["request_id"].notna()]
+    return clicks[["request_id", "item_id"]].drop_duplicates()
 
 
 def business_metrics(

@@ -23,6 +23,7 @@ import pandas as pd
 
 from evaluation.calibration import expected_calibration_error
 from monitoring.alerts import Observation
+from monitoring.business import clicked_pairs
 
 # Below this many judged impressions a window's calibration is noise, not signal. A perfectly calibrated
 # ranker simulated at 2,000 impressions (10 bins, 400 draws) gives ECE p99 0.037 and |gap| p99 0.024 with
@@ -82,12 +83,6 @@ def served_predictions(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return frame.drop_duplicates(["request_id", "item_id"]).reset_index(drop=True)
 
 
-def clicked_pairs(events: pd.DataFrame) -> pd.DataFrame:
-    """Distinct (request_id, item_id) of the window's clicks that carry a request id."""
-    clicks = events[(events["event_type"] == "click") & events["request_id"].notna()]
-    return clicks[["request_id", "item_id"]].astype(str).drop_duplicates()
-
-
 def served_calibration(
     rows: Iterable[Mapping[str, Any]], events: pd.DataFrame, n_bins: int = 10
 ) -> ServedCalibration | None:
@@ -97,7 +92,7 @@ def served_calibration(
     if predictions.empty:
         return None
     joined = predictions.merge(
-        clicked_pairs(events), on=["request_id", "item_id"], how="left", indicator=True
+        clicked_pairs(events).astype(str), on=["request_id", "item_id"], how="left", indicator=True
     )
     labels = (joined["_merge"] == "both").to_numpy(dtype=np.int64)
     probabilities = joined["probability"].to_numpy(dtype=np.float64)
