@@ -72,7 +72,7 @@ def load_window(config: PipelineConfig, dataset_version: str | None, split: str 
         raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     state = StateDir(config.state_dir)
     version = state.resolve_version(dataset_version)
-    parts = load_split(state, version, config.split.method, config.split)
+    parts = load_split(state, version, config.split)
     dataset = load_dataset(state, version)
     if split == "test":
         history = pd.concat([parts.train, parts.validation], ignore_index=True)

@@ -188,16 +188,15 @@ def check_cut_settings(folder: Path, cfg: SplitConfig) -> None:
         )
 
 
-def write_split(
-    state: StateDir,
-    version: str,
-    split: Split,
-    method: str = "per_user",
-    settings: SplitConfig | None = None,
-) -> Path:
-    """Write the three parts as Parquet under :func:`split_dir` (atomically; never overwrites), with
-    `settings`' cut settings in ``split.json`` when given."""
-    target = split_dir(state, version, method)
+def write_split(state: StateDir, version: str, split: Split, cut: str | SplitConfig = "per_user") -> Path:
+    """Write the three parts as Parquet under :func:`split_dir` (atomically; never overwrites).
+
+    Args:
+        cut: the method the parts were cut by, or the settings they were cut with (their method, and
+            the settings recorded in ``split.json``).
+    """
+    settings = None if isinstance(cut, str) else cut
+    target = split_dir(state, version, cut if isinstance(cut, str) else cut.method)
     if all((target / f"{part}.parquet").exists() for part in PARTS):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -226,17 +225,20 @@ def write_split(
     return target
 
 
-def load_split(
-    state: StateDir, version: str, method: str = "per_user", settings: SplitConfig | None = None
-) -> Split:
+def load_split(state: StateDir, version: str, split: str | SplitConfig = "per_user") -> Split:
     """The split of a dataset version, as written by :func:`write_split`.
 
+    Args:
+        split: a method (``per_user`` or ``global``), or the settings of a configuration: their method,
+            with the cut on disk checked against them.
+
     Raises:
-        SplitError: `settings` (when given) ask for another cut than the one on disk.
+        SplitError: the settings ask for another cut than the one on disk.
     """
+    method = split if isinstance(split, str) else split.method
     folder = split_dir(state, version, method)
-    if settings is not None:
-        check_cut_settings(folder, settings)
+    if not isinstance(split, str):
+        check_cut_settings(folder, split)
     frames: dict[str, pd.DataFrame] = {}
     for part in PARTS:
         path = folder / f"{part}.parquet"
@@ -261,7 +263,7 @@ def run_split(config: PipelineConfig, dataset_version: str | None = None) -> Spl
     if created:
         with console.status(f"splitting dataset {version} by time ({method})"):
             events = load_table(state, version, "interaction_events")
-            write_split(state, version, split_events(events, config.split), method, config.split)
+            write_split(state, version, split_events(events, config.split), config.split)
     else:
         check_cut_settings(folder, config.split)
     counts = {part: pq.ParquetFile(folder / f"{part}.parquet").metadata.num_rows for part in PARTS}

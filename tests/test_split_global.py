@@ -163,19 +163,19 @@ def test_a_split_asked_for_with_other_settings_is_refused_not_reused(tmp_path: o
     # A second run with the same settings reuses the split; any reader with them loads it.
     again = run_split(PipelineConfig(state_dir=state.root, split=short), version)
     assert (again.created, again.n_test) == (False, written.n_test)
-    assert len(load_split(state, version, "global", short).test) == written.n_test
+    assert len(load_split(state, version, short).test) == written.n_test
     # Other settings are refused by name, both when splitting and when training or evaluating load it.
     with pytest.raises(SplitError, match=r"test_days .* \(asked: "):
         run_split(PipelineConfig(state_dir=state.root, split=long), version)
     with pytest.raises(SplitError, match="test_days"):
-        load_split(state, version, "global", long)
+        load_split(state, version, long)
     # The per-user split's settings are its own: the global split's days do not concern it.
     per_user = run_split(PipelineConfig(state_dir=state.root), version)
-    load_split(state, version, "per_user", SplitConfig(test_days=99.0))
+    load_split(state, version, SplitConfig(test_days=99.0))
     with pytest.raises(SplitError, match=r"test_fraction 0\.2 \(asked: 0\.3\)"):
-        load_split(state, version, "per_user", SplitConfig(test_fraction=0.3))
+        load_split(state, version, SplitConfig(test_fraction=0.3))
     assert len(load_split(state, version, "global").test) == written.n_test
     assert len(load_split(state, version).test) == per_user.n_test
     # A split written before settings were recorded cannot be checked, and loads as before.
     (split_dir(state, version, "global") / "split.json").unlink()
-    assert len(load_split(state, version, "global", long).test) == written.n_test
+    assert len(load_split(state, version, long).test) == written.n_test

@@ -232,7 +232,7 @@ def run_train(
         return found
 
     with console.status("loading split, dataset and feature store") as status:
-        split = load_split(state, version, config.split.method, config.split)
+        split = load_split(state, version, config.split)
         dataset = load_dataset(state, version)
         store = build_store(state, config.features)
         grid = snapshot_grid(dataset.events, config.features.snapshot_every_days)

@@ -55,9 +55,7 @@ def retrieval_inputs(
     from recsys.ingest.snapshot import load_dataset
     from training import examples as ex
 
-    sample = sample_split(
-        load_split(state, version, config.split.method, config.split), n_users, config.tune.seed
-    )
+    sample = sample_split(load_split(state, version, config.split), n_users, config.tune.seed)
     n_train, n_val = len(ex.positives(sample.train)), len(ex.positives(sample.validation))
     if n_train < 2 or n_val == 0:
         raise ValueError(
@@ -82,9 +80,7 @@ def ranker_rows(config: PipelineConfig, state: StateDir, version: str, n_users: 
     from training.runtime import RetrievalModel
     from training.stage import snapshot_grid
 
-    sample = sample_split(
-        load_split(state, version, config.split.method, config.split), n_users, config.tune.seed
-    )
+    sample = sample_split(load_split(state, version, config.split), n_users, config.tune.seed)
     dataset = load_dataset(state, version)
     store = build_store(state, config.features)
     directory, tower_version = load_champion(state, TWO_TOWER_MODEL)

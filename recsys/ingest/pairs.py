@@ -232,7 +232,7 @@ def run_pairs(config: PipelineConfig, dataset_version: str | None = None) -> dic
     version = state.resolve_version(dataset_version)
     folder = pairs_dir(state.root, version, config.pairs)
     if not (folder / "manifest.json").exists():
-        train = load_split(state, version, config.split.method, config.split).train
+        train = load_split(state, version, config.split).train
         drawn = build_pairs(train, load_table(state, version, "items"), config.pairs)
         manifest = {
             "dataset_version": version,
