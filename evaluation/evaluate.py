@@ -33,7 +33,7 @@ from rich.table import Table
 from evaluation.beyond_accuracy import list_metrics
 from evaluation.harness import rankings_by_user as rankings_by_user
 from evaluation.metrics import ranking_metrics
-from evaluation.split import SPLIT_METHODS, SplitError
+from evaluation.split import method_folder
 from recsys.config import PipelineConfig
 from recsys.state import StateDir
 
@@ -232,10 +232,7 @@ def evaluation_dir(state: StateDir, version: str, method: str = "per_user") -> P
     """The evaluations of ``version`` on a ``method`` split: ``evaluation/<version>/`` (per user) or
     ``.../global/``, mirroring `evaluation.split.split_dir`, so the two splits' figures never overwrite
     each other. ``global`` cannot clash with a ``<split>-<ref>`` folder: those always hold a hyphen."""
-    if method not in SPLIT_METHODS:
-        raise SplitError(f"unknown split {method!r}; known: {', '.join(SPLIT_METHODS)}")
-    base = state.evaluation(version)
-    return base if method == "per_user" else base / method
+    return method_folder(state.evaluation(version), method)
 
 
 def output_dir(state: StateDir, version: str, split: str, model_ref: str, method: str = "per_user") -> Path:

@@ -47,12 +47,21 @@ class SplitError(ValueError):
     """A split that cannot be cut as configured (for example a cutoff with no event before it)."""
 
 
-def split_dir(state: StateDir, version: str, method: str = "per_user") -> Path:
-    """Where a split of ``version`` lives: ``splits/<version>/`` (per user) or ``.../global/``."""
+def method_folder(base: Path, method: str) -> Path:
+    """``base`` for a per-user split, ``base/<method>`` for another method: how split and evaluation
+    folders keep each method's files apart.
+
+    Raises:
+        SplitError: an unknown method.
+    """
     if method not in SPLIT_METHODS:
         raise SplitError(f"unknown split {method!r}; known: {', '.join(SPLIT_METHODS)}")
-    folder = state.splits(version)
-    return folder if method == "per_user" else folder / method
+    return base if method == "per_user" else base / method
+
+
+def split_dir(state: StateDir, version: str, method: str = "per_user") -> Path:
+    """Where a split of ``version`` lives: ``splits/<version>/`` (per user) or ``.../global/``."""
+    return method_folder(state.splits(version), method)
 
 
 @dataclass(frozen=True)
