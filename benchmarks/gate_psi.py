@@ -30,20 +30,32 @@ def measure(state_dir: Path, config: Path | None, seeds: list[int]) -> dict[str,
     from recsys.features.store import historical_features
     from training import examples as ex
     from training.candidates import ranker_inputs
+    from training.item_knn_signal import ItemKNNSignal
     from training.ranker import train_ranker
 
     cfg = load_config(config, [f"state_dir={state_dir}"])
+
+    def knn_as_of(window: Any) -> ItemKNNSignal | None:
+        """The challengers' item-kNN signal as of the window start (as training and evaluation fit it)."""
+        if not cfg.ranker.item_knn:
+            return None
+        return ItemKNNSignal.fit(window.history, cfg.ranker.item_knn_neighbours)
+
     n = cfg.ranker.n_candidates
     validation = load_window(cfg, None, "validation")
     rows = score_system(cfg, validation, "champion", n).ranked
     matrix, sizes, _ = ranker_inputs(
-        validation.store, historical_features, rows[COLUMNS], cfg.ranker.feature_service
+        validation.store,
+        historical_features,
+        rows[COLUMNS],
+        cfg.ranker.feature_service,
+        knn_as_of(validation),
     )
     labels = ex.candidate_labels(rows, validation.relevant)
     test = load_window(cfg, None, "test")
     champion = score_system(cfg, test, "champion", n).ranked
     requests, _, _ = ranker_inputs(
-        test.store, historical_features, champion[COLUMNS], cfg.ranker.feature_service
+        test.store, historical_features, champion[COLUMNS], cfg.ranker.feature_service, knn_as_of(test)
     )
     reference_raw = champion["rank_score"].to_numpy()
     reference = champion["rank_probability"].to_numpy()
@@ -51,7 +63,9 @@ def measure(state_dir: Path, config: Path | None, seeds: list[int]) -> dict[str,
     variants.append(("shuffled labels", np.random.default_rng(0).permutation(labels), cfg.ranker.seed))
     out = []
     for name, y, seed in variants:
-        trained = train_ranker(matrix, y, sizes, cfg.ranker.model_copy(update={"seed": seed}))
+        trained = train_ranker(
+            matrix, y, sizes, cfg.ranker.model_copy(update={"seed": seed}), item_knn=cfg.ranker.item_knn
+        )
         raw = trained.booster.predict(requests)
         out.append(
             {

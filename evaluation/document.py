@@ -13,6 +13,9 @@ Schema version 1, top-level keys (a test pins them; docs/evaluation.md explains 
   count}, "calibrated", "raw_ece", "raw_curve"} over its candidates: its calibrated probabilities, and
   its raw score passed through a logistic function;
 - `replay`: {"fallbacks": reason -> users} of the served row, or null when replay is off;
+- `comparisons`: retrieval+ranking against every other row on the same users, per metric (NDCG at the
+  first K, recall at the last): {"system", "other", "metric", "n_users", "difference", "low", "high",
+  "verdict"}, a paired bootstrap 95% interval of the mean per-user difference (evaluation/compare.py);
 - `report`: the HTML report's file name, next to metrics.json.
 """
 
@@ -43,6 +46,7 @@ DOCUMENT_KEYS: tuple[str, ...] = (
     "slices",
     "calibration",
     "replay",
+    "comparisons",
     "report",
 )
 
@@ -123,6 +127,7 @@ def build_document(
     calibration: Mapping[str, Any],
     replay: Mapping[str, Any] | None,
     report: str,
+    comparisons: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The document with every key of DOCUMENT_KEYS, in that order."""
     return {
@@ -141,5 +146,6 @@ def build_document(
         "slices": dict(slices),
         "calibration": dict(calibration),
         "replay": dict(replay) if replay is not None else None,
+        "comparisons": [dict(c) for c in comparisons],
         "report": report,
     }

@@ -262,6 +262,7 @@ def run_evaluate(
     write metrics.json, report.html, a table and a figure. See the module docstring."""
     import time
 
+    from evaluation.compare import compare_rows, render_comparisons
     from evaluation.document import build_document, calibration_summary, curve_ks
     from evaluation.harness import load_window, score_system
     from evaluation.replay import run_replay
@@ -322,6 +323,8 @@ def run_evaluate(
         },
         ks,
     )
+    # Is the two-stage system's lead over each row real? Paired over the same users (evaluation/compare.py).
+    comparisons = compare_rows(rankings, relevant, "retrieval+ranking", [f"ndcg@{ks[0]}", f"recall@{ks[-1]}"])
     calibration = calibration_summary(
         _labels(system.ranked, relevant),
         system.ranked["rank_score"].to_numpy(),
@@ -354,9 +357,12 @@ def run_evaluate(
         calibration=calibration,
         replay=replay,
         report="report.html",
+        comparisons=[c.as_dict() for c in comparisons],
     )
     (out_dir / "metrics.json").write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     slices_text = render_slices_text(document)
+    compared = "paired differences, bootstrap 95% interval:\n" + render_comparisons(comparisons)
+    console.print(compared, markup=False, highlight=False, soft_wrap=True)
     if slices_text:
         # Plain text, not markup: slice names such as `device=[tv]` must print as they are.
         console.print(slices_text, markup=False, highlight=False, soft_wrap=True)
@@ -364,6 +370,7 @@ def run_evaluate(
         table_console = Console(file=handle, width=160)
         table_console.print(table)
         table_console.print(extra)
+        table_console.print(compared, markup=False, highlight=False, soft_wrap=True)
         if slices_text:
             table_console.print(slices_text, markup=False, highlight=False, soft_wrap=True)
     _plot(models, ks, out_dir / "metrics.png")

@@ -176,7 +176,9 @@ def score_system(
     candidates = sorted_by_user(candidates)
     say(f"{ref}: ranker features for the candidates")
     ranked = candidates.groupby("user_id", sort=False).head(config.ranker.n_candidates).reset_index(drop=True)
-    matrix, _, _ = ranker_inputs(window.store, historical_features, ranked, ranking.feature_service)
+    # The ranker's item-kNN signal as of the window start: neighbours and likes from the history only.
+    knn = ranking.as_of(window.history).item_knn
+    matrix, _, _ = ranker_inputs(window.store, historical_features, ranked, ranking.feature_service, knn)
     raw = ranking.predict_matrix(matrix)
     # Rankers trained before calibration have no probabilities: NaN, and the gate says so.
     probability = ranking.probabilities(raw) if ranking.calibrated else np.full(len(raw), np.nan)

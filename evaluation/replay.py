@@ -186,6 +186,8 @@ def _stages(
         # The stored list counts the whole dataset, the judged window too: cold-start users would be
         # served items popular because of the very events being judged.
         popularity = count_popularity(history_events)
+        # Item-kNN neighbours and likes as of the window start, not the served ones (they hold the window).
+        ranker = ranker.as_of(history_events)
         if tower.history_length:
             users = history_events["user_id"].astype(str).unique()
             recent = history_at_cut(history_events, users, tower.history_length)

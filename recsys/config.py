@@ -235,6 +235,15 @@ class RankerConfig(_Frozen):
     # (docs/features.md: ranker_v2 adds recent activity, cross features and co-view; NDCG@10 on
     # MovieLens, docs/models.md).
     feature_service: Literal["ranker_v1", "ranker_v2"] = "ranker_v2"
+    # The LightGBM ranker also reads each candidate's item-kNN score against the user's whole liked
+    # history (training/item_knn_signal.py), fitted on the events before the moment judged; the
+    # multi-task ranker reads the feature service only. Neighbours kept per item:
+    item_knn: bool = True
+    item_knn_neighbours: int = Field(default=100, ge=1)
+    # Users of the validation window the ranker learns from, a seeded draw above this: a few tens of
+    # thousands of query groups are plenty for small trees, and every one costs candidates and feature
+    # reads (a 1M-user log holds hundreds of thousands). None: all of them.
+    max_users: int | None = Field(default=50_000, ge=10)
 
 
 class GateConfig(_Frozen):

@@ -392,6 +392,8 @@ class RankingStage:
         # Rankers written before surfaces existed take three arguments: the surface goes only to those
         # that name it (a multi-task ranker mixes its heads by it, LightGBM ignores it).
         self._takes_surface = _takes(model.score, "surface")
+        # Rankers that read the item-kNN signal score by user and candidate ids as well.
+        self._takes_ids = _takes(model.score, "item_ids")
 
     @property
     def version(self) -> str:
@@ -416,9 +418,9 @@ class RankingStage:
         """
         frames, read_ms = self._read_candidates(requests)
         out: list[Candidates | Exception] = []
-        for (_, cands), part in zip(requests, frames, strict=True):
+        for (user_id, cands), part in zip(requests, frames, strict=True):
             try:
-                out.append(self._rank_one(cands, part, read_ms, len(requests)))
+                out.append(self._rank_one(user_id, cands, part, read_ms, len(requests)))
             except Exception as err:  # one request's bad data must not fail its batch neighbours
                 out.append(err)
         return out
@@ -431,9 +433,9 @@ class RankingStage:
         """
         frames, _ = self._read_candidates(requests)
         out: list[np.ndarray | Exception] = []
-        for (_, cands), part in zip(requests, frames, strict=True):
+        for (user_id, cands), part in zip(requests, frames, strict=True):
             try:
-                out.append(self._scores(cands, part)[0] if cands.item_ids else np.zeros(0))
+                out.append(self._scores(user_id, cands, part)[0] if cands.item_ids else np.zeros(0))
             except Exception as err:
                 out.append(err)
         return out
@@ -460,7 +462,7 @@ class RankingStage:
         return frames, read_ms
 
     def _scores(
-        self, candidates: Candidates, frame: pd.DataFrame
+        self, user_id: str, candidates: Candidates, frame: pd.DataFrame
     ) -> tuple[np.ndarray, dict[str, Any], pd.DataFrame]:
         """The ranker's scores of the candidates, the user features it saw and the item frame."""
         user, items = split_features(frame)
@@ -468,6 +470,8 @@ class RankingStage:
         extra: dict[str, Any] = {}
         if self._takes_surface:
             extra["surface"] = candidates.details.get(SURFACE_DETAIL)
+        if self._takes_ids:
+            extra["user_id"], extra["item_ids"] = user_id, candidates.item_ids
         retrieval = np.asarray(candidates.scores, dtype=np.float32)
         scores = np.asarray(self.model.score(user, items, retrieval, **extra), dtype=np.float64)
         if scores.shape != (len(frame),):
@@ -475,7 +479,7 @@ class RankingStage:
         return scores, user, items
 
     def _rank_one(
-        self, candidates: Candidates, frame: pd.DataFrame, read_ms: float, batch: int
+        self, user_id: str, candidates: Candidates, frame: pd.DataFrame, read_ms: float, batch: int
     ) -> Candidates:
         timings = {"candidate_features": read_ms}
         details: dict[str, Any] = {"timings_ms": timings, "batch_size": batch}
@@ -485,7 +489,7 @@ class RankingStage:
             frame, [c for c in frame.columns if c not in ENTITY_COLUMNS]
         )
         started = time.perf_counter()
-        scores, user, items = self._scores(candidates, frame)
+        scores, user, items = self._scores(user_id, candidates, frame)
         probabilities = calibrated_probabilities(self.model, candidates.item_ids, scores)
         if probabilities is not None:
             details[PROBABILITIES_DETAIL] = probabilities

@@ -74,7 +74,7 @@ def test_metrics_document_has_the_pinned_schema() -> None:
     assert DOCUMENT_KEYS == (
         "schema_version", "dataset_version", "split", "model_ref", "model_versions", "n_users",
         "ks", "curve_ks", "n_candidates", "seconds", "models", "curves", "slices", "calibration",
-        "replay", "report",
+        "replay", "comparisons", "report",
     )  # fmt: skip
     assert tuple(document) == DOCUMENT_KEYS
     assert document["schema_version"] == 1 and document["curve_ks"] == [1, 5, 10, 20, 50]

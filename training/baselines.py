@@ -137,7 +137,7 @@ class ItemKNN(ScoringRetriever):
         self.basket = basket
         self.similarity = similarity
         self.neighbours = sparse.csr_matrix((0, 0))
-        self._history = sparse.csr_matrix((0, 0))
+        self.history = sparse.csr_matrix((0, 0))
 
     def _fit(self, events: pd.DataFrame, positives: pd.DataFrame) -> None:
         if self.basket == "session":
@@ -155,10 +155,10 @@ class ItemKNN(ScoringRetriever):
         self.neighbours = _keep_top(sim, self.n_neighbours)
         history = interaction_matrix(self.users, self.catalogue, positives["user_id"], positives["item_id"])
         history.data[:] = 1.0
-        self._history = history
+        self.history = history
 
     def _score(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray((self._history[rows] @ self.neighbours).todense())
+        return np.asarray((self.history[rows] @ self.neighbours).todense())
 
 
 def _keep_top(matrix: sparse.csr_matrix, m: int) -> sparse.csr_matrix:

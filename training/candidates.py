@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from training.index import ItemIndex
+from training.item_knn_signal import ItemKNNSignal
 from training.ranker_features import (
     RANKER_FEATURE_SERVICE,
     USER_COLUMNS,
     build_ranker_matrix,
-    ranker_feature_names,
+    ranker_columns,
 )
 from training.runtime import TWO_TOWER_FEATURE_SERVICE, RetrievalModel
 
@@ -163,16 +164,23 @@ def window_candidates(
 
 
 def ranker_inputs(
-    store: Any, read: FeatureReader, candidates: pd.DataFrame, service: str = RANKER_FEATURE_SERVICE
+    store: Any,
+    read: FeatureReader,
+    candidates: pd.DataFrame,
+    service: str = RANKER_FEATURE_SERVICE,
+    item_knn: ItemKNNSignal | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Ranker matrix for candidate rows (grouped by user), with `service`'s features at each row's time.
+
+    ``item_knn``, fitted on the events before the candidates' window, adds its columns (a ranker trained
+    with the signal); None leaves them out.
 
     Returns:
         (n_rows, n_features) float32 matrix, group sizes, and the users in group order; rows keep the
         order of `candidates` sorted stably by user.
     """
     if candidates.empty:
-        empty = np.zeros((0, len(ranker_feature_names(service))), dtype=np.float32)
+        empty = np.zeros((0, len(ranker_columns(service, item_knn is not None))), dtype=np.float32)
         return empty, np.zeros(0, dtype=np.int64), []
     users = list(dict.fromkeys(candidates["user_id"]))
     group = candidates["user_id"].map({u: g for g, u in enumerate(users)}).to_numpy()
@@ -189,7 +197,16 @@ def ranker_inputs(
     for g in range(len(users)):
         block = features.iloc[offsets[g] : offsets[g + 1]]
         user_row = block.iloc[0][user_columns].to_dict() if len(block) else {}
-        blocks.append(build_ranker_matrix(user_row, block, scores[offsets[g] : offsets[g + 1]], service))
+        knn = None
+        if item_knn is not None:
+            knn = item_knn.scores(
+                users[g], rows["item_id"].iloc[offsets[g] : offsets[g + 1]].astype(str).tolist()
+            )
+        blocks.append(
+            build_ranker_matrix(
+                user_row, block, scores[offsets[g] : offsets[g + 1]], service, item_knn_scores=knn
+            )
+        )
     return np.concatenate(blocks).astype(np.float32), sizes.astype(np.int64), users
 
 

@@ -121,6 +121,24 @@ def window_starts(events: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"user_id": starts.index.astype(str), "event_timestamp": starts.to_numpy()})
 
 
+def sample_window(window: pd.DataFrame, max_users: int | None, seed: int) -> pd.DataFrame:
+    """The window's events of at most `max_users` of its users with a positive (a seeded draw), or the
+    whole window when it has no more than that (or `max_users` is None).
+
+    >>> w = pd.DataFrame({"user_id": ["a", "b", "b", "c"], "event_type": ["like", "view", "like", "like"]})
+    >>> len(sample_window(w, 5, 0))
+    4
+    >>> sampled = sample_window(w, 2, 0)  # b keeps its view beside its like
+    >>> sorted(set(sampled["user_id"])), len(sampled)
+    (['b', 'c'], 3)
+    """
+    users = sorted(set(positives(window)["user_id"].astype(str)))
+    if max_users is None or len(users) <= max_users:
+        return window
+    chosen = set(np.random.default_rng(seed).choice(users, size=max_users, replace=False).tolist())
+    return window[window["user_id"].astype(str).isin(chosen)]
+
+
 def items_by_user(events: pd.DataFrame) -> dict[str, set[str]]:
     """The set of items each user has an event for."""
     return {str(u): set(map(str, g)) for u, g in events.groupby("user_id", sort=False)["item_id"]}

@@ -100,6 +100,7 @@ class MultiTaskRankingModel(RankingModel):
         self.artifact_dir = Path(artifact_dir)
         self.version = version
         self.feature_service = ranker_artifact_service(self.artifact_dir)
+        self.item_knn = None  # it reads its feature service only (RankerConfig.item_knn)
         spec = _read_spec(self.artifact_dir)
         try:
             config = spec["model_config"]

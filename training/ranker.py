@@ -9,7 +9,7 @@ import numpy as np
 
 from recsys.config import RankerConfig
 from training.calibration import PlattCalibrator, fit_platt, logistic
-from training.ranker_features import ranker_feature_names
+from training.ranker_features import ranker_columns
 
 HOLDOUT_FRACTION = 0.2
 EARLY_STOPPING_ROUNDS = 50
@@ -59,7 +59,11 @@ def _folds(has_positive: np.ndarray, n_folds: int, rng: np.random.Generator) -> 
 
 
 def train_ranker(
-    features: np.ndarray, labels: np.ndarray, group_sizes: np.ndarray, cfg: RankerConfig
+    features: np.ndarray,
+    labels: np.ndarray,
+    group_sizes: np.ndarray,
+    cfg: RankerConfig,
+    item_knn: bool = False,
 ) -> RankerResult:
     """Fit LightGBM (`cfg.objective`) on candidate rows grouped by user (rows of a group are contiguous).
 
@@ -80,14 +84,15 @@ def train_ranker(
     read as log-odds and of the calibrated probability, on those rows, goes into the metrics.
 
     Args:
-        features: (n_rows, len(ranker_feature_names(cfg.feature_service))) float32.
+        features: (n_rows, len(ranker_columns(cfg.feature_service, item_knn))) float32.
         labels: (n_rows,) 1 for a positive candidate, else 0.
         group_sizes: rows per user, summing to n_rows.
         cfg: LightGBM settings and the feature service the rows were built for.
+        item_knn: whether the rows carry the item-kNN signal's columns (``ranker_inputs`` with one).
     """
     import lightgbm as lgb
 
-    names = ranker_feature_names(cfg.feature_service)
+    names = ranker_columns(cfg.feature_service, item_knn)
     sizes = np.asarray(group_sizes, dtype=np.int64)
     if features.shape != (len(labels), len(names)) or sizes.sum() != len(labels):
         raise RankerDataError(

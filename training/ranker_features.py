@@ -63,6 +63,13 @@ RANKER_V2_EXTRA_NAMES: tuple[str, ...] = (
     "coview_log_score",  # log1p of the candidate's co-views with the user's recent items
     "coview_share",  # that count over all of the candidate's listed co-views
 )
+# Columns from the ranker's item-kNN signal (training/item_knn_signal.py), after the service's columns
+# when the ranker was trained with it: a model output like the retrieval score, not a Feast feature.
+ITEM_KNN_NAMES: tuple[str, ...] = (
+    "item_knn_score",  # summed cosine similarity to the user's liked items
+    "item_knn_rank",  # its rank among the user's candidates, 0 = most similar
+    "item_knn_share",  # the score over the user's best candidate score
+)
 RANKER_FEATURES_BY_SERVICE: dict[str, tuple[str, ...]] = {
     RANKER_FEATURE_SERVICE: RANKER_FEATURE_NAMES,
     RANKER_V2_SERVICE: RANKER_FEATURE_NAMES + RANKER_V2_EXTRA_NAMES,
@@ -90,6 +97,15 @@ def ranker_feature_names(service: str) -> tuple[str, ...]:
         raise RankerFeatureError(
             f"unknown ranker feature service {service!r}; known: {sorted(RANKER_FEATURES_BY_SERVICE)}"
         ) from None
+
+
+def ranker_columns(service: str, item_knn: bool) -> tuple[str, ...]:
+    """The matrix columns of a ranker trained on ``service``, with or without the item-kNN signal.
+
+    >>> ranker_columns("ranker_v2", item_knn=True)[-1]
+    'item_knn_share'
+    """
+    return ranker_feature_names(service) + (ITEM_KNN_NAMES if item_knn else ())
 
 
 def _scalar(value: Any) -> float:
@@ -174,8 +190,9 @@ def build_ranker_matrix(
     items: pd.DataFrame,
     retrieval_scores: np.ndarray,
     service: str = RANKER_FEATURE_SERVICE,
+    item_knn_scores: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Ranker input for one user's candidates, columns in ``ranker_feature_names(service)`` order.
+    """Ranker input for one user's candidates, columns in ``ranker_columns(service, item_knn)`` order.
 
     Args:
         user: the user's feature row (USER_COLUMNS; missing keys or nulls mean unknown).
@@ -183,15 +200,19 @@ def build_ranker_matrix(
             unknown).
         retrieval_scores: (n_candidates,) retrieval scores in the same order as `items`.
         service: the feature service the ranker was trained on.
+        item_knn_scores: (n_candidates,) item-kNN signal scores (NaN for a user the signal does not
+            know), for a ranker trained with it; None for one trained without.
 
     Returns:
-        (n_candidates, len(ranker_feature_names(service))) float32 matrix; unknown values are NaN.
+        (n_candidates, len(ranker_columns(service, item_knn))) float32 matrix; unknown values are NaN.
     """
-    names = ranker_feature_names(service)
+    names = ranker_columns(service, item_knn_scores is not None)
     scores = np.asarray(retrieval_scores, dtype=np.float32).ravel()
     n = len(items)
     if len(scores) != n:
         raise RankerFeatureError(f"{len(scores)} retrieval scores for {n} candidate items")
+    if item_knn_scores is not None and len(item_knn_scores) != n:
+        raise RankerFeatureError(f"{len(item_knn_scores)} item-kNN scores for {n} candidate items")
     out = np.full((n, len(names)), np.nan, dtype=np.float32)
     if n == 0:
         return out
@@ -243,7 +264,23 @@ def build_ranker_matrix(
     )
     if service == RANKER_V2_SERVICE:
         _v2_columns(out, col, user, items, genres, item_column)
+    if item_knn_scores is not None:
+        _item_knn_columns(out, col, np.asarray(item_knn_scores, dtype=np.float32).ravel())
     return out
+
+
+def _item_knn_columns(out: np.ndarray, col: Mapping[str, int], knn: np.ndarray) -> None:
+    """Fill the item-kNN columns of ``out`` in place; all NaN for a user the signal does not know."""
+    if np.isnan(knn).all():
+        return
+    order = np.argsort(-knn, kind="stable")
+    rank = np.empty(len(knn), dtype=np.float32)
+    rank[order] = np.arange(len(knn), dtype=np.float32)
+    best = float(knn.max())
+    out[:, col["item_knn_score"]] = knn
+    out[:, col["item_knn_rank"]] = rank
+    # Users with long histories have larger sums: the share puts every user on one scale.
+    out[:, col["item_knn_share"]] = knn / best if best > 0 else np.nan
 
 
 def _v2_columns(

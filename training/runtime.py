@@ -6,6 +6,7 @@ items, popularity fallback, feature names), so a replica loads it once and never
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
@@ -19,11 +20,12 @@ from recsys.config import IndexConfig
 from recsys.vocab import GENRES
 from training.calibration import CALIBRATION_FILE, CalibrationError, PlattCalibrator
 from training.index import ItemIndex
+from training.item_knn_signal import ITEM_KNN_FILE, ItemKNNSignal, ItemKNNSignalError
 from training.ranker_features import (
     RANKER_FEATURE_SERVICE,
     RankerFeatureError,
     build_ranker_matrix,
-    ranker_feature_names,
+    ranker_columns,
 )
 from training.two_tower import TwoTowerModelConfig, item_dense_features, pad_history, user_dense_features
 
@@ -410,6 +412,7 @@ class RankingModel:
             raise ArtifactError(f"artefact file missing: {model_file}")
         self._booster = lgb.Booster(model_file=str(model_file))
         self.calibrator = ranker_artifact_calibrator(self.artifact_dir)
+        self.item_knn = ranker_artifact_item_knn(self.artifact_dir)
 
     @classmethod
     def load(cls, artifact_dir: Path, version: str) -> RankingModel:
@@ -453,18 +456,43 @@ class RankingModel:
         raw = self.predict_matrix(matrix)
         return raw, self.probabilities(raw)
 
+    def as_of(self, events: pd.DataFrame) -> RankingModel:
+        """This ranker with its item-kNN signal refitted on ``events`` (the history before a judged
+        window), so an offline replay never scores with neighbours or likes from the window itself."""
+        if self.item_knn is None:
+            return self
+        twin = copy.copy(self)
+        twin.item_knn = ItemKNNSignal.fit(events, self.item_knn.n_neighbours)
+        return twin
+
     def score(
         self,
         user_features: Mapping[str, Any],
         item_features: pd.DataFrame,
         retrieval_scores: np.ndarray,
         surface: str | None = None,
+        user_id: str | None = None,
+        item_ids: Sequence[str] | None = None,
     ) -> np.ndarray:
         """(n_candidates,) raw ranking scores, higher is better, in the order of `item_features` rows.
 
         ``surface`` is the request's (recsys.vocab.SURFACES); a multi-task ranker mixes its heads by it.
+        ``user_id`` and ``item_ids`` (the candidates, in row order) feed the item-kNN signal of a ranker
+        trained with it.
+
+        Raises:
+            ValueError: the ranker reads the item-kNN signal and the ids are not given.
         """
-        matrix = build_ranker_matrix(user_features, item_features, retrieval_scores, self.feature_service)
+        knn = None
+        if self.item_knn is not None:
+            if item_ids is None:
+                raise ValueError(
+                    f"ranker v{self.version} reads the item-kNN signal: pass the candidates' ids"
+                )
+            knn = self.item_knn.scores(user_id, item_ids)
+        matrix = build_ranker_matrix(
+            user_features, item_features, retrieval_scores, self.feature_service, item_knn_scores=knn
+        )
         return self.predict_matrix(matrix, surface)
 
 
@@ -475,7 +503,7 @@ def ranker_artifact_service(directory: Path) -> str:
         raise ArtifactError(f"artefact file corrupt: {directory / 'feature_names.json'} holds no object")
     service = str(names.get("feature_service"))
     try:
-        expected = ranker_feature_names(service)
+        expected = ranker_columns(service, bool(names.get("item_knn", False)))
     except RankerFeatureError as err:
         raise ArtifactError(f"ranker artefacts were built for {err}") from None
     if tuple(names.get("features", ())) != expected:
@@ -494,25 +522,43 @@ def ranker_artifact_calibrator(directory: Path) -> PlattCalibrator | None:
         raise ArtifactError(f"ranker calibration unreadable: {err}") from None
 
 
+def ranker_artifact_item_knn(directory: Path) -> ItemKNNSignal | None:
+    """The ranker's item-kNN signal when its feature names say it was trained with one, else None."""
+    names = _read_json(directory / "feature_names.json")
+    if not isinstance(names, dict) or not names.get("item_knn", False):
+        return None
+    try:
+        return ItemKNNSignal.load(directory / ITEM_KNN_FILE)
+    except ItemKNNSignalError as err:
+        raise ArtifactError(str(err)) from None
+
+
 def write_ranker_artifacts(
     directory: Path,
     booster: Any,
     calibrator: PlattCalibrator,
     feature_service: str = RANKER_FEATURE_SERVICE,
+    item_knn: ItemKNNSignal | None = None,
 ) -> None:
-    """Write the LightGBM model (at its best iteration), its calibration, and the feature service and
-    feature names it expects."""
+    """Write the LightGBM model (at its best iteration), its calibration, the item-kNN signal serving
+    scores with (for a ranker trained with one), and the feature service and feature names it expects."""
     directory.mkdir(parents=True, exist_ok=True)
     booster.save_model(str(directory / RANKER_MODEL_FILE), num_iteration=booster.best_iteration or None)
     calibrator.save(directory / CALIBRATION_FILE)
-    write_ranker_feature_names(directory, feature_service, LIGHTGBM_KIND)
+    if item_knn is not None:
+        item_knn.save(directory / ITEM_KNN_FILE)
+    write_ranker_feature_names(directory, feature_service, LIGHTGBM_KIND, item_knn is not None)
 
 
-def write_ranker_feature_names(directory: Path, feature_service: str, kind: str) -> None:
-    """feature_names.json of a ranker: its feature service, the matrix columns, and the model kind."""
+def write_ranker_feature_names(
+    directory: Path, feature_service: str, kind: str, item_knn: bool = False
+) -> None:
+    """feature_names.json of a ranker: its feature service, the matrix columns, whether the item-kNN
+    columns are among them, and the model kind."""
     names = {
         "feature_service": feature_service,
-        "features": list(ranker_feature_names(feature_service)),
+        "features": list(ranker_columns(feature_service, item_knn)),
+        "item_knn": item_knn,
         "kind": kind,
     }
     (directory / "feature_names.json").write_text(json.dumps(names))

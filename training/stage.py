@@ -205,6 +205,7 @@ def run_train(
     from training import examples as ex
     from training.candidates import ranker_inputs, window_candidates
     from training.finetune import check_architecture, finetune_settings, initial_weights, plan_retrain
+    from training.item_knn_signal import ItemKNNSignal
     from training.ranker import train_ranker
     from training.registry import RANKER_MODEL, TWO_TOWER_MODEL, log_and_register
     from training.retrieval import train_retrieval
@@ -241,7 +242,6 @@ def run_train(
         inputs = two_tower_inputs(config, store, dataset, split.train, split.validation)
         train_examples, val_examples = inputs.train, inputs.validation
         users, items, content = inputs.users, inputs.items, inputs.content
-        val_pos = ex.positives(split.validation)
         catalog = sorted(dataset.items["item_id"].astype(str))
         latest = pd.to_datetime(dataset.events["event_ts"], utc=True).max() + timedelta(days=1)
         tt = config.two_tower
@@ -305,31 +305,38 @@ def run_train(
 
             status.update("ranker: candidates for validation users at their window start")
             n = config.ranker.n_candidates
+            ranker_window = ex.sample_window(split.validation, config.ranker.max_users, config.ranker.seed)
             candidates, starts = window_candidates(
                 retrieval,
                 store,
                 historical_features,
                 split.train,
-                split.validation,
+                ranker_window,
                 grid,
                 n,
                 progress=lambda message: status.update(f"ranker: {message}"),
             )
-            relevant = ex.items_by_user(val_pos)
+            relevant = ex.items_by_user(ex.positives(ranker_window))
             labels = ex.candidate_labels(candidates, relevant)
             n_relevant = sum(len(v) for u, v in relevant.items() if u in set(starts["user_id"]))
             candidate_recall = float(labels.sum()) / max(n_relevant, 1)
 
             service, kind = config.ranker.feature_service, config.ranker.kind
+            with_knn = kind == "lightgbm" and config.ranker.item_knn
+            neighbours = config.ranker.item_knn_neighbours
             status.update(f"ranker: {service} features for {len(candidates)} candidates, {kind}")
-            features, sizes, _ = ranker_inputs(store, historical_features, candidates, service)
+            # The training rows' item-kNN signal knows what their users' history knew: the training split.
+            knn = ItemKNNSignal.fit(split.train, neighbours) if with_knn else None
+            features, sizes, _ = ranker_inputs(store, historical_features, candidates, service, knn)
             if kind == "multitask":
                 ranked = _train_multitask(
-                    config, state, candidates, split.validation, dataset.items, features, sizes, ranker_dir
+                    config, state, candidates, ranker_window, dataset.items, features, sizes, ranker_dir
                 )
             else:
-                ranked = train_ranker(features, labels, sizes, config.ranker)
-                write_ranker_artifacts(ranker_dir, ranked.booster, ranked.calibrator, service)
+                ranked = train_ranker(features, labels, sizes, config.ranker, item_knn=with_knn)
+                # Serving scores with everything the models were trained from, as seen.json and history.json.
+                served_knn = ItemKNNSignal.fit(dataset.events, neighbours) if with_knn else None
+                write_ranker_artifacts(ranker_dir, ranked.booster, ranked.calibrator, service, served_knn)
             console.print(f"ranker trained: {_fmt(ranked.metrics)}")
 
             status.update("MLflow: logging and registering both models")
