@@ -128,6 +128,12 @@ class TwoTowerConfig(_Frozen):
     id_dropout: float = Field(default=0.0, ge=0, lt=1)
     num_workers: int = Field(default=1, ge=1)
     use_gpu: Literal["auto", "yes", "no"] = "auto"
+    # Sparse gradients for the ID tables, updated by lazy Adam (training/retrieval.py, TowerOptimizer):
+    # only the rows a batch looked up move. "auto": when the user and item tables hold at least
+    # SPARSE_TABLE_ROWS rows together, where dense Adam is 31x slower (1M users, 100k items); below it
+    # dense Adam costs little and measured better on MovieLens (docs/models.md, "Sparse ID tables").
+    # One worker only: several all-reduce dense gradients.
+    sparse_embeddings: Literal["auto", "yes", "no"] = "auto"
     seed: int = 0
     index: IndexConfig = IndexConfig()
     # Fine-tuning from the champion (`loop.retrain: finetune`): its weights are the starting point, so

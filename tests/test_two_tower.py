@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.retrieval import train_step
+from training.retrieval import TowerOptimizer, train_step, use_sparse_tables
 from training.two_tower import (
     AGE_SCALE_DAYS,
     TwoTowerModel,
@@ -199,3 +199,47 @@ def test_id_dropout_replaces_ids_by_the_unknown_row() -> None:
     kept = dropped == ids
     assert ((dropped == 0) | kept).all()
     assert 0.25 < float((dropped == 0).float().mean()) < 0.35
+
+
+def test_sparse_tables_move_only_the_rows_a_batch_looked_up() -> None:
+    """Lazy Adam on sparse ID tables: rows outside the batch stay exactly as they were, while dense Adam
+    (the old optimiser, and the one several workers use) moves every row once its moments are non-zero."""
+    config = TwoTowerModelConfig(
+        n_users=50, n_items=60, n_genres=4, embedding_dim=8, hidden_dim=16, history_length=2
+    )
+    torch.manual_seed(0)
+    model = TwoTowerModel(config)
+    use_sparse_tables(model)
+    optimizer = TowerOptimizer(model, learning_rate=0.01, weight_decay=1e-6)
+    assert [type(o).__name__ for o in optimizer.optimizers] == ["SparseAdam", "AdamW"]
+    users_before = model.user_tower.ids.weight.detach().clone()
+    items_before = model.item_tower.ids.weight.detach().clone()
+    first = model.user_tower.mlp[0]
+    assert isinstance(first, torch.nn.Linear)
+    mlp_before = first.weight.detach().clone()
+    _, user_dense, _, item_dense = _batch(8, config)
+    ids = torch.arange(1, 9)
+    history = torch.stack([torch.arange(11, 19), torch.zeros(8, dtype=torch.long)], dim=1)
+    for _ in range(3):
+        train_step(model, optimizer, (ids, user_dense, ids, item_dense, history), temperature=0.1)
+    users, items = model.user_tower.ids.weight.detach(), model.item_tower.ids.weight.detach()
+    assert torch.equal(users[9:], users_before[9:]) and not torch.equal(users[1:9], users_before[1:9])
+    looked_up = torch.zeros(60, dtype=torch.bool)
+    looked_up[1:9] = looked_up[11:19] = True  # the batch's items and its history items (shared table)
+    assert torch.equal(items[~looked_up], items_before[~looked_up])
+    assert not torch.equal(items[11:19], items_before[11:19])
+    assert not torch.equal(first.weight.detach(), mlp_before)
+
+
+def test_sparse_tables_still_overfit_one_batch() -> None:
+    config = TwoTowerModelConfig(n_users=33, n_items=33, n_genres=4, embedding_dim=16, hidden_dim=32)
+    torch.manual_seed(0)
+    model = TwoTowerModel(config)
+    use_sparse_tables(model)
+    optimizer = TowerOptimizer(model, learning_rate=0.02, weight_decay=0.0)
+    _, user_dense, _, item_dense = _batch(32, config)
+    ids = torch.arange(1, 33)
+    losses = [
+        train_step(model, optimizer, (ids, user_dense, ids, item_dense), temperature=0.1) for _ in range(150)
+    ]
+    assert losses[0] > 2.0 and losses[-1] < 0.05

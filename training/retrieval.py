@@ -78,9 +78,60 @@ def item_log_q(item_idx: np.ndarray, n_items: int) -> np.ndarray:
     return np.asarray(np.log(counts / counts.sum()), dtype=np.float32)
 
 
+# ID-table rows (users + items) from which `sparse_embeddings: auto` trains sparse tables.
+SPARSE_TABLE_ROWS = 100_000
+
+
+class TowerOptimizer:
+    """Lazy Adam on the ID tables, AdamW on everything else, stepped together.
+
+    With dense gradients every step reads and writes every row of every ID table (and Adam's moments
+    keep moving rows the batch never touched): at 1M users and 100k items that is 70M parameters a step,
+    and training ran at under 1,000 examples/s on 2 cores (benchmarks/results/two_tower_throughput.md).
+    Sparse gradients with ``SparseAdam`` update only the rows a batch looked up.
+    """
+
+    def __init__(self, model: torch.nn.Module, learning_rate: float, weight_decay: float) -> None:
+        tables = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+        table_ids = {id(t) for t in tables}
+        rest = [p for p in model.parameters() if id(p) not in table_ids]
+        self.optimizers: list[torch.optim.Optimizer] = []
+        if tables:
+            self.optimizers.append(torch.optim.SparseAdam(tables, lr=learning_rate))
+        if rest:
+            self.optimizers.append(torch.optim.AdamW(rest, lr=learning_rate, weight_decay=weight_decay))
+
+    def zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def wants_sparse_tables(setting: str, model_config: TwoTowerModelConfig) -> bool:
+    """Whether ``two_tower.sparse_embeddings`` asks for sparse ID tables for a model of this size.
+
+    >>> movielens, platform = TwoTowerModelConfig(611, 9725, 19), TwoTowerModelConfig(10**6, 10**5, 19)
+    >>> wants_sparse_tables("auto", movielens), wants_sparse_tables("auto", platform)
+    (False, True)
+    """
+    if setting == "auto":
+        return model_config.n_users + model_config.n_items >= SPARSE_TABLE_ROWS
+    return setting == "yes"
+
+
+def use_sparse_tables(model: torch.nn.Module) -> None:
+    """Make every ID table of ``model`` produce sparse gradients (before it is wrapped for training)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.sparse = True
+
+
 def train_step(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | TowerOptimizer,
     batch: tuple[torch.Tensor, ...],
     temperature: float,
     log_q: torch.Tensor | None = None,
@@ -152,8 +203,11 @@ def _train_loop(loop_config: dict[str, Any], context: LoopContext) -> None:
     initial = TwoTowerModel(loop_config["model_config"])
     if loop_config.get("initial_state") is not None:  # a fine-tune starts from the champion's weights
         initial.load_state_dict(loop_config["initial_state"])
+    # DistributedDataParallel all-reduces dense gradients on every backend; sparse ones only on some.
+    if world == 1 and wants_sparse_tables(cfg.sparse_embeddings, loop_config["model_config"]):
+        use_sparse_tables(initial)
     model = context.prepare_model(initial)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = TowerOptimizer(model, cfg.learning_rate, cfg.weight_decay)
     log_q = torch.as_tensor(loop_config["log_q"], device=device) if loop_config["log_q"] is not None else None
     shard = train.take(np.arange(rank, len(train), world))
     inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model when world > 1
@@ -165,9 +219,12 @@ def _train_loop(loop_config: dict[str, Any], context: LoopContext) -> None:
         for start in range(0, len(order) - 1, cfg.batch_size):
             batch = shard.take(order[start : start + cfg.batch_size]).tensors(device)
             losses.append(train_step(model, optimizer, batch, cfg.temperature, log_q, cfg.id_dropout))
+        # Every worker trains its own shard at the same time: the epoch's examples over rank 0's time.
+        train_seconds = time.perf_counter() - started
         metrics = {
             "epoch": float(epoch + 1),
             "train_loss": float(np.mean(losses)),
+            "train_examples_per_s": len(shard) * world / max(train_seconds, 1e-9),
             **eval_step(base, validation, cfg.temperature, device),
         }
         metrics["epoch_seconds"] = time.perf_counter() - started
