@@ -86,11 +86,13 @@ _DOT = RANKER_FEATURE_NAMES.index("genre_affinity_dot")
 
 
 def planted_ranker_rows(
-    n_users: int = 60, per_user: int = 20, seed: int = 0
+    n_users: int = 60, per_user: int = 20, seed: int = 0, extra_columns: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per user, the two candidates with the highest genre_affinity_dot are the positives."""
+    """Per user, the two candidates with the highest genre_affinity_dot are the positives; `extra_columns`
+    noise columns follow the ranker_v1 ones (the item-kNN signal's, for a ranker trained with it)."""
     rng = np.random.default_rng(seed)
-    features = rng.normal(size=(n_users * per_user, len(RANKER_FEATURE_NAMES))).astype(np.float32)
+    width = len(RANKER_FEATURE_NAMES) + extra_columns
+    features = rng.normal(size=(n_users * per_user, width)).astype(np.float32)
     labels = np.zeros(n_users * per_user, dtype=np.float32)
     for u in range(n_users):
         block = slice(u * per_user, (u + 1) * per_user)
