@@ -55,6 +55,10 @@ class IngestConfig(_Frozen):
 
 class FeaturesConfig(_Frozen):
     spark_master: str = "local[2]"
+    # JVM heap of the local Spark driver (which also runs the tasks in local mode), and the most the job
+    # may collect into it: the feature tables are collected once to be written as sorted single files.
+    # Spark's 1g default ran out of heap on the simulated 10M-event log (1M users).
+    spark_driver_memory: str = Field(default="4g", pattern=r"^[1-9][0-9]*[mg]$")
     # Batch features are snapshotted at this cadence so that point-in-time joins see only the past.
     snapshot_every_days: int = Field(default=90, ge=1)
     # Item content embeddings (all-MiniLM-L6-v2, recsys/features/content.py) at ingest, served as the

@@ -63,6 +63,9 @@ def spark_session(cfg: FeaturesConfig) -> SparkSession:
         # On one machine adaptive re-planning of each stage costs more than it saves (measured ~1.5x).
         .config("spark.sql.adaptive.enabled", str(not cfg.spark_master.startswith("local")).lower())
         .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        # Only takes effect when this call starts the JVM, which is when a local session is created here.
+        .config("spark.driver.memory", cfg.spark_driver_memory)
+        .config("spark.driver.maxResultSize", cfg.spark_driver_memory)
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
