@@ -138,6 +138,9 @@ class TwoTowerConfig(_Frozen):
     # dense Adam costs little and measured better on MovieLens (docs/models.md, "Sparse ID tables").
     # One worker only: several all-reduce dense gradients.
     sparse_embeddings: Literal["auto", "yes", "no"] = "auto"
+    # Stop after this many epochs in a row without a better validation recall@10, and keep the best
+    # epoch's weights either way (None: run every epoch, still keep the best).
+    early_stopping_patience: int | None = Field(default=3, ge=1)
     seed: int = 0
     index: IndexConfig = IndexConfig()
     # Fine-tuning from the champion (`loop.retrain: finetune`): its weights are the starting point, so

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recsys.config import TwoTowerConfig
-from training.retrieval import TwoTowerExamples, eval_step, train_retrieval
+from training.retrieval import TwoTowerExamples, eval_step, split_history, train_retrieval
 from training.two_tower import TwoTowerModel, TwoTowerModelConfig
 
 N_GENRES = 3
@@ -67,7 +67,15 @@ def test_ray_train_learns_and_reports_metrics_with_checkpoint(tmp_path: Path) ->
     config = TwoTowerModelConfig(n_users=21, n_items=41, n_genres=N_GENRES, embedding_dim=16, hidden_dim=16)
     cfg = TwoTowerConfig(epochs=8, batch_size=64, learning_rate=0.02, temperature=0.1, use_gpu="no")
     result = train_retrieval(_examples(2000, 0), _examples(300, 1), config, cfg, tmp_path / "ray")
-    assert result.metrics["epoch"] == 8
+    # Early stopping: the best epoch's weights and metrics, every epoch run in the history.
+    ran = int(result.metrics["epochs_run"])
+    assert 1 <= ran <= 8 and len(result.history) == ran
+    assert result.metrics["epoch"] == result.metrics["best_epoch"]
+    recalls = [epoch["val_recall_at_10"] for epoch in result.history]
+    assert (
+        result.metrics["val_recall_at_10"] == max(recalls) == recalls[int(result.metrics["best_epoch"]) - 1]
+    )
+    assert ran == 8 or ran - result.metrics["best_epoch"] == cfg.early_stopping_patience
     assert result.metrics["val_recall_at_10"] > 0.8
     model = TwoTowerModel(config)
     model.load_state_dict(result.state_dict)
@@ -80,7 +88,8 @@ def test_ray_train_learns_and_reports_metrics_with_checkpoint(tmp_path: Path) ->
     here = train_retrieval(
         _examples(2000, 0), _examples(300, 1), config, cfg, tmp_path / "unused", tune_report=seen.append
     )
-    assert [m["epoch"] for m in seen] == [float(e) for e in range(1, 9)] and seen[-1] == here.metrics
+    assert [m["epoch"] for m in seen[:-1]] == [float(e) for e in range(1, ran)]
+    assert split_history(seen[-1])[0] == here.metrics and len(here.history) == ran
     assert not (tmp_path / "unused").exists()
     for key in ("train_loss", "val_loss", "val_recall_at_10"):
         assert here.metrics[key] == pytest.approx(result.metrics[key], rel=1e-4, abs=1e-4), key

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.retrieval import TowerOptimizer, train_step, use_sparse_tables
+from training.retrieval import EarlyStopping, TowerOptimizer, split_history, train_step, use_sparse_tables
 from training.two_tower import (
     AGE_SCALE_DAYS,
     TwoTowerModel,
@@ -243,3 +243,38 @@ def test_sparse_tables_still_overfit_one_batch() -> None:
         train_step(model, optimizer, (ids, user_dense, ids, item_dense), temperature=0.1) for _ in range(150)
     ]
     assert losses[0] > 2.0 and losses[-1] < 0.05
+
+
+def _epoch(recall: float) -> dict[str, float]:
+    return {"epoch": 0.0, "train_loss": 1.0 - recall, "val_recall_at_10": recall}
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience() -> None:
+    layer = torch.nn.Linear(1, 1, bias=False)
+    stopper = EarlyStopping(patience=2)
+    stops = []
+    for epoch, recall in enumerate([0.1, 0.3, 0.2, 0.25, 0.1], start=1):
+        with torch.no_grad():
+            layer.weight.fill_(float(epoch))  # the weights say which epoch they are from
+        stops.append(stopper.update(_epoch(recall), layer))
+        if stops[-1]:
+            break
+    assert stops == [False, False, False, True]  # two epochs in a row without beating 0.3
+    assert stopper.best_epoch == 2 and stopper.best_state(layer)["weight"].item() == 2.0
+    final = stopper.final_metrics()
+    assert final["val_recall_at_10"] == 0.3 and final["best_epoch"] == 2.0 and final["epochs_run"] == 4.0
+    run, history = split_history(final)
+    assert [h["val_recall_at_10"] for h in history] == [0.1, 0.3, 0.2, 0.25]
+    assert not any(key.startswith("epoch_") for key in run)
+
+
+def test_without_patience_or_validation_nothing_stops_early() -> None:
+    layer = torch.nn.Linear(1, 1, bias=False)
+    never = EarlyStopping(patience=None)
+    assert not any(never.update(_epoch(r), layer) for r in [0.3, 0.1, 0.1, 0.1])
+    assert never.best_epoch == 1
+    blind = EarlyStopping(patience=1, judged=False)  # no validation examples: nothing to judge by
+    with torch.no_grad():
+        layer.weight.fill_(7.0)
+    assert not any(blind.update(_epoch(0.0), layer) for _ in range(3))
+    assert blind.best_epoch == 3 and blind.best_state(layer)["weight"].item() == 7.0

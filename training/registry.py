@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ def log_and_register(
     metrics: Mapping[str, float],
     tags: Mapping[str, str],
     alias: str = CHAMPION,
+    metric_history: Sequence[Mapping[str, float]] = (),
 ) -> tuple[str, str]:
     """Log one model run (params, metrics, tags, pyfunc with artefacts), register it, give it `alias`.
 
@@ -126,6 +127,7 @@ def log_and_register(
         kind: "retrieval" or "ranking": which runtime class the pyfunc loads.
         artifact_dir: the directory written by training.runtime.write_*_artifacts.
         tags: at least dataset_version and feature_service.
+        metric_history: per-epoch metrics, logged with the epoch (1, 2, ...) as the step.
         alias: `champion` promotes the new version (remembering the old champion for rollback); any
             other alias only points at it.
 
@@ -138,6 +140,8 @@ def log_and_register(
     with mlflow.start_run(run_name=model_name) as run:
         mlflow.log_params(dict(params))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        for step, epoch in enumerate(metric_history, start=1):
+            mlflow.log_metrics({k: float(v) for k, v in epoch.items()}, step=step)
         commit = git_commit()
         mlflow.set_tags({**tags, "model_name": model_name, **({"git_commit": commit} if commit else {})})
         with warnings.catch_warnings():

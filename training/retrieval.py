@@ -212,6 +212,7 @@ def _train_loop(loop_config: dict[str, Any], context: LoopContext) -> None:
     shard = train.take(np.arange(rank, len(train), world))
     inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model when world > 1
     base: torch.nn.Module = inner if isinstance(inner, torch.nn.Module) else model
+    stopper = EarlyStopping(cfg.early_stopping_patience, judged=len(validation) > 0)
     for epoch in range(cfg.epochs):
         started = time.perf_counter()
         order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(shard))
@@ -228,7 +229,78 @@ def _train_loop(loop_config: dict[str, Any], context: LoopContext) -> None:
             **eval_step(base, validation, cfg.temperature, device),
         }
         metrics["epoch_seconds"] = time.perf_counter() - started
-        context.report(metrics, base.state_dict() if epoch + 1 == cfg.epochs else None)
+        # Every rank scores the same validation set with the same (synchronised) weights: they all stop
+        # at the same epoch.
+        stop = stopper.update(metrics, base) or epoch + 1 == cfg.epochs
+        context.report(
+            stopper.final_metrics() if stop else metrics, stopper.best_state(base) if stop else None
+        )
+        if stop:
+            break
+
+
+class EarlyStopping:
+    """Keeps the weights of the epoch with the best validation recall@10 and says when `patience` epochs
+    in a row brought no improvement (None: never stop early, still hand back the best epoch).
+
+    Without validation examples nothing is judged: the last epoch's weights are the model.
+    """
+
+    def __init__(self, patience: int | None, judged: bool = True) -> None:
+        self.patience, self.judged = patience, judged
+        self.history: list[dict[str, float]] = []
+        self._best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self._stale = 0
+
+    def update(self, metrics: dict[str, float], model: torch.nn.Module) -> bool:
+        """Record one epoch's metrics (and weights, when best so far); True when training should stop."""
+        self.history.append(dict(metrics))
+        score = metrics[f"val_recall_at_{EVAL_K}"]
+        if not self.judged:
+            return False
+        if self._best is None or score > self._best[0]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._best = (score, len(self.history), state)
+            self._stale = 0
+            return False
+        self._stale += 1
+        return self.patience is not None and self._stale >= self.patience
+
+    @property
+    def best_epoch(self) -> int:
+        return self._best[1] if self._best is not None else len(self.history)
+
+    def best_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return self._best[2] if self._best is not None else dict(model.state_dict())
+
+    def final_metrics(self) -> dict[str, float]:
+        """The best epoch's metrics, which epoch that was and how many ran, and every epoch's values as
+        ``epoch_<n>_<metric>`` (Ray Train keeps only the final report's metrics)."""
+        out = {**self.history[self.best_epoch - 1], "best_epoch": float(self.best_epoch)}
+        out["epochs_run"] = float(len(self.history))
+        for n, epoch in enumerate(self.history, start=1):
+            out |= {f"{EPOCH_PREFIX}{n}_{k}": v for k, v in epoch.items() if k != "epoch"}
+        return out
+
+
+EPOCH_PREFIX = "epoch_"
+
+
+def split_history(metrics: Mapping[str, float]) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(the run's metrics, per-epoch metrics in epoch order) from a final report of ``EarlyStopping``.
+
+    >>> split_history({"best_epoch": 1.0, "epoch_1_val_loss": 2.0, "epoch_2_val_loss": 1.5})
+    ({'best_epoch': 1.0}, [{'val_loss': 2.0}, {'val_loss': 1.5}])
+    """
+    run: dict[str, float] = {}
+    epochs: dict[int, dict[str, float]] = {}
+    for key, value in metrics.items():
+        number, _, name = key.removeprefix(EPOCH_PREFIX).partition("_")
+        if key.startswith(EPOCH_PREFIX) and number.isdigit() and name:
+            epochs.setdefault(int(number), {})[name] = value
+        else:
+            run[key] = value
+    return run, [epochs[n] for n in sorted(epochs)]
 
 
 def train_retrieval(
@@ -276,4 +348,7 @@ def train_retrieval(
         )
         if tune_report is not None:
             tune_report(metrics)
-    return RetrievalTrainResult(state_dict=state_dict, model_config=model_config, metrics=metrics)
+    metrics, history = split_history(metrics)
+    return RetrievalTrainResult(
+        state_dict=state_dict, model_config=model_config, metrics=metrics, history=history
+    )

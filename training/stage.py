@@ -361,6 +361,7 @@ def run_train(
                 metrics=tower_metrics,
                 tags={**base_tags, "feature_service": TWO_TOWER_FEATURE_SERVICE, **plan.tags()},
                 alias=alias,
+                metric_history=trained.history,
             )
             ranker_run, ranker_version = log_and_register(
                 state,
