@@ -141,6 +141,8 @@ class TwoTowerConfig(_Frozen):
     # Stop after this many epochs in a row without a better validation recall@10, and keep the best
     # epoch's weights either way (None: run every epoch, still keep the best).
     early_stopping_patience: int | None = Field(default=3, ge=1)
+    # bfloat16 autocast for the towers: "auto" on a CUDA device, "yes" anywhere (CPUs with bfloat16).
+    mixed_precision: Literal["auto", "yes", "no"] = "auto"
     seed: int = 0
     index: IndexConfig = IndexConfig()
     # Fine-tuning from the champion (`loop.retrain: finetune`): its weights are the starting point, so

@@ -278,3 +278,22 @@ def test_without_patience_or_validation_nothing_stops_early() -> None:
         layer.weight.fill_(7.0)
     assert not any(blind.update(_epoch(0.0), layer) for _ in range(3))
     assert blind.best_epoch == 3 and blind.best_state(layer)["weight"].item() == 7.0
+
+
+def test_mixed_precision_runs_the_towers_in_bfloat16_and_still_overfits() -> None:
+    config = TwoTowerModelConfig(n_users=33, n_items=33, n_genres=4, embedding_dim=16, hidden_dim=32)
+    _, user_dense, _, item_dense = _batch(32, config)
+    ids = torch.arange(1, 33)
+    batch = (ids, user_dense, ids, item_dense)
+    first = {}
+    for mixed in (False, True):
+        torch.manual_seed(0)
+        model = TwoTowerModel(config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+        losses = [
+            train_step(model, optimizer, batch, temperature=0.1, mixed_precision=mixed) for _ in range(150)
+        ]
+        first[mixed] = losses[0]
+        assert losses[0] > 2.0 and losses[-1] < 0.1
+    # Same weights, same batch: only bfloat16 rounding in the towers tells the two first losses apart.
+    assert first[True] != first[False] and first[True] == pytest.approx(first[False], rel=0.02)

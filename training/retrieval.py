@@ -136,21 +136,29 @@ def train_step(
     temperature: float,
     log_q: torch.Tensor | None = None,
     id_dropout: float = 0.0,
+    mixed_precision: bool = False,
 ) -> float:
     """One optimiser step of in-batch softmax on a batch of positives; returns the batch loss.
 
     ``batch`` is :meth:`TwoTowerExamples.tensors` (a history is optional). With ``id_dropout`` > 0 user
     and item ids are replaced by the unknown row at that rate; the loss still masks duplicates and
-    corrects popularity by the true item ids.
+    corrects popularity by the true item ids. With ``mixed_precision`` the towers run under bfloat16
+    autocast on the batch's device (bfloat16 keeps float32's range, so no loss scaling); the softmax
+    over the batch is computed in float32.
     """
     model.train()
     user_idx, user_dense, item_idx, item_dense = batch[:4]
     history = batch[4] if len(batch) > 4 else None
-    user_emb, item_emb = model(
-        drop_ids(user_idx, id_dropout), user_dense, drop_ids(item_idx, id_dropout), item_dense, history
-    )  # (batch, dim) each
+    with torch.autocast(device_type=user_idx.device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+        user_emb, item_emb = model(
+            drop_ids(user_idx, id_dropout), user_dense, drop_ids(item_idx, id_dropout), item_dense, history
+        )  # (batch, dim) each
     loss = in_batch_softmax_loss(
-        user_emb, item_emb, temperature, item_ids=item_idx, log_q=None if log_q is None else log_q[item_idx]
+        user_emb.float(),
+        item_emb.float(),
+        temperature,
+        item_ids=item_idx,
+        log_q=None if log_q is None else log_q[item_idx],
     )
     optimizer.zero_grad()
     loss.backward()  # type: ignore[no-untyped-call]
@@ -213,13 +221,18 @@ def _train_loop(loop_config: dict[str, Any], context: LoopContext) -> None:
     inner = getattr(model, "module", model)  # DistributedDataParallel wraps the model when world > 1
     base: torch.nn.Module = inner if isinstance(inner, torch.nn.Module) else model
     stopper = EarlyStopping(cfg.early_stopping_patience, judged=len(validation) > 0)
+    mixed_precision = cfg.mixed_precision == "yes" or (
+        cfg.mixed_precision == "auto" and device.type == "cuda"
+    )
     for epoch in range(cfg.epochs):
         started = time.perf_counter()
         order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(shard))
         losses = []
         for start in range(0, len(order) - 1, cfg.batch_size):
             batch = shard.take(order[start : start + cfg.batch_size]).tensors(device)
-            losses.append(train_step(model, optimizer, batch, cfg.temperature, log_q, cfg.id_dropout))
+            losses.append(
+                train_step(model, optimizer, batch, cfg.temperature, log_q, cfg.id_dropout, mixed_precision)
+            )
         # Every worker trains its own shard at the same time: the epoch's examples over rank 0's time.
         train_seconds = time.perf_counter() - started
         metrics = {
