@@ -31,6 +31,8 @@ AFFINITY_COLUMN = "user_genre_affinity"
 SESSION_COLD_START = "session"
 # The request's surface (recsys.vocab.SURFACES or None), put in the candidates' details by the ingress.
 SURFACE_DETAIL = "surface"
+# The live session's item ids (POST /events and the request), for a ranker whose item-kNN signal reads them.
+SESSION_ITEMS_DETAIL = "session_items"
 # item id -> the ranker's calibrated P(engaged), put in the ranked candidates' details for the served log.
 PROBABILITIES_DETAIL = "probabilities"
 # Rankers whose `probabilities` read the very scores they serve: the LightGBM ranker's Platt map. A
@@ -276,6 +278,8 @@ class RetrievalStage:
         if session_item_ids:
             timings["session_features"] = _ms(started)
         details: dict[str, Any] = {"timings_ms": timings, "debug": debug}
+        if session_item_ids:
+            details[SESSION_ITEMS_DETAIL] = list(session_item_ids)
         if profile is not None:
             details["session_profile"] = profile.tolist()
         known = self.model.knows_user(user_id)
@@ -472,6 +476,7 @@ class RankingStage:
             extra["surface"] = candidates.details.get(SURFACE_DETAIL)
         if self._takes_ids:
             extra["user_id"], extra["item_ids"] = user_id, candidates.item_ids
+            extra["session_item_ids"] = candidates.details.get(SESSION_ITEMS_DETAIL, ())
         retrieval = np.asarray(candidates.scores, dtype=np.float32)
         scores = np.asarray(self.model.score(user, items, retrieval, **extra), dtype=np.float64)
         if scores.shape != (len(frame),):

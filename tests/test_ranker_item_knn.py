@@ -169,3 +169,19 @@ def test_a_ranker_without_the_signal_loads_without_one(tmp_path: Path) -> None:
     assert model.item_knn is None and model.as_of(EVENTS) is model
     assert not (tmp_path / "rk" / ITEM_KNN_FILE).exists()
     assert not math.isnan(float(model.score({}, pd.DataFrame({"item_id": ["a"]}), np.zeros(1))[0]))
+
+
+def test_the_live_session_joins_the_liked_items_in_serving(tmp_path: Path) -> None:
+    model = _knn_model(tmp_path / "rk")
+    items = pd.DataFrame({"item_id": ["d", "c"]})
+
+    def read(service: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        return items.iloc[: len(rows)].reset_index(drop=True)
+
+    stage = RankingStage(model, read)
+    # A user the signal does not know: without a session the columns are missing, with one they are not.
+    assert model.item_knn is not None and np.isnan(model.item_knn.scores("new", ["d", "c"])).all()
+    session = Candidates(["d", "c"], [0.3, 0.2], "1", details={"session_items": ["a", "b"]})
+    ranked = stage.rank("new", session)
+    assert ranked.item_ids[0] == "c"  # c is similar to a and b (1.0), d to neither
+    np.testing.assert_allclose(model.item_knn.scores("new", ["d", "c"], also_liked=["a", "b"]), [0.0, 1.0])

@@ -262,7 +262,8 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience() -> None:
     assert stops == [False, False, False, True]  # two epochs in a row without beating 0.3
     assert stopper.best_epoch == 2 and stopper.best_state(layer)["weight"].item() == 2.0
     final = stopper.final_metrics()
-    assert final["val_recall_at_10"] == 0.3 and final["best_epoch"] == 2.0 and final["epochs_run"] == 4.0
+    assert final["val_recall_at_10"] == 0.3 and final["best_epoch"] == 2.0
+    assert final["epoch"] == final["epochs_run"] == 4.0
     run, history = split_history(final)
     assert [h["val_recall_at_10"] for h in history] == [0.1, 0.3, 0.2, 0.25]
     assert not any(key.startswith("epoch_") for key in run)
@@ -270,9 +271,9 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience() -> None:
 
 def test_without_patience_or_validation_nothing_stops_early() -> None:
     layer = torch.nn.Linear(1, 1, bias=False)
-    never = EarlyStopping(patience=None)
+    never = EarlyStopping(patience=None)  # the default: every epoch runs, the last is the model
     assert not any(never.update(_epoch(r), layer) for r in [0.3, 0.1, 0.1, 0.1])
-    assert never.best_epoch == 1
+    assert never.best_epoch == 4 and never.final_metrics()["val_recall_at_10"] == 0.1
     blind = EarlyStopping(patience=1, judged=False)  # no validation examples: nothing to judge by
     with torch.no_grad():
         layer.weight.fill_(7.0)

@@ -32,18 +32,15 @@ ITEM_ROWS_PER_READ = 200_000
 
 
 def floor_to_snapshots(times: pd.Series, snapshots: list[datetime]) -> pd.Series:
-    """Each time moved back to the newest snapshot at or before it; times before the first snapshot all
-    move to the earliest of them.
+    """Each time moved back to the newest snapshot at or before it (the earliest time if none).
 
-    A point-in-time read at the floored time returns the same features as at the original time (before
-    the first snapshot there are none at all), and users sharing a time then share one set of item
-    embeddings: one index per snapshot, not one per user whose window opens before the first snapshot
-    (hundreds of thousands on a 1M-user log that starts inside the snapshot cadence).
+    A point-in-time read at the floored time returns the same features as at the original time, and
+    users sharing a snapshot then share one set of item embeddings.
     """
     grid = pd.to_datetime(pd.Series(sorted(snapshots)), utc=True).to_numpy()
     values = pd.to_datetime(times, utc=True).to_numpy()
     pos = np.searchsorted(grid, values, side="right") - 1
-    floored = np.where(pos >= 0, grid[np.clip(pos, 0, None)], values.min() if len(values) else values)
+    floored = np.where(pos >= 0, grid[np.clip(pos, 0, None)], values)
     return pd.Series(pd.to_datetime(floored, utc=True), index=times.index)
 
 

@@ -66,9 +66,13 @@ class ItemKNNSignal:
         knn = ItemKNN(n_neighbours=n_neighbours).fit(events)
         return cls(knn.catalogue, knn.users, knn.neighbours, knn.history, n_neighbours)
 
-    def scores(self, user_id: str | None, item_ids: Sequence[str]) -> np.ndarray:
+    def scores(
+        self, user_id: str | None, item_ids: Sequence[str], also_liked: Sequence[str] = ()
+    ) -> np.ndarray:
         """(len(item_ids),) float32: each item's summed similarity to the user's liked items.
 
+        ``also_liked`` adds items to the user's liked set for this call: serving passes the live
+        session's items, so what a user engaged with minutes ago counts before the next retraining.
         NaN for every item when the user has no liked item here (unknown to the signal: the ranker
         treats it as missing, not as "similar to nothing"); 0 for an item outside the catalogue.
 
@@ -79,14 +83,23 @@ class ItemKNNSignal:
         [0.707, 0.0, 0.0]
         >>> signal.scores("stranger", ["a"]).tolist()
         [nan]
+        >>> [round(float(s), 3) for s in signal.scores("stranger", ["b"], also_liked=["a"])]
+        [0.707]
         """
         n = len(item_ids)
         row = self._user_row.get(str(user_id)) if user_id is not None else None
-        if row is None:
+        extra = sorted({self._item_col[str(i)] for i in also_liked if str(i) in self._item_col})
+        if row is None and not extra:
             return np.full(n, np.nan, dtype=np.float32)
+        liked = self.liked[row] if row is not None else sparse.csr_matrix((1, len(self.catalogue)))
+        if extra:
+            session = sparse.csr_matrix(
+                (np.ones(len(extra)), (np.zeros(len(extra), dtype=np.int64), extra)), shape=liked.shape
+            )
+            liked = liked.maximum(session)
         # The liked row times the neighbour matrix touches only the liked items' neighbour lists, so a
         # request costs (liked items x n_neighbours), not the catalogue size.
-        summed = (self.liked[row] @ self.neighbours).tocsr()
+        summed = (liked @ self.neighbours).tocsr()
         summed.sort_indices()
         columns = np.fromiter(
             (self._item_col.get(str(i), -1) for i in item_ids),

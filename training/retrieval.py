@@ -253,14 +253,13 @@ def _train_loop(loop_config: dict[str, Any], context: LoopContext) -> None:
 
 
 class EarlyStopping:
-    """Keeps the weights of the epoch with the best validation recall@10 and says when `patience` epochs
-    in a row brought no improvement (None: never stop early, still hand back the best epoch).
-
-    Without validation examples nothing is judged: the last epoch's weights are the model.
+    """With a `patience`, keeps the weights of the epoch with the best validation recall@10 and says when
+    `patience` epochs in a row brought no improvement. Without one (None), or without validation examples
+    to judge by, nothing stops early and the last epoch's weights are the model.
     """
 
     def __init__(self, patience: int | None, judged: bool = True) -> None:
-        self.patience, self.judged = patience, judged
+        self.patience, self.judged = patience, judged and patience is not None
         self.history: list[dict[str, float]] = []
         self._best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         self._stale = 0
@@ -287,10 +286,11 @@ class EarlyStopping:
         return self._best[2] if self._best is not None else dict(model.state_dict())
 
     def final_metrics(self) -> dict[str, float]:
-        """The best epoch's metrics, which epoch that was and how many ran, and every epoch's values as
-        ``epoch_<n>_<metric>`` (Ray Train keeps only the final report's metrics)."""
+        """The kept epoch's metrics, which epoch that was (`best_epoch`) and how many ran (`epoch`,
+        `epochs_run`), and every epoch's values as ``epoch_<n>_<metric>`` (Ray Train keeps only the
+        final report's metrics)."""
         out = {**self.history[self.best_epoch - 1], "best_epoch": float(self.best_epoch)}
-        out["epochs_run"] = float(len(self.history))
+        out["epoch"] = out["epochs_run"] = float(len(self.history))
         for n, epoch in enumerate(self.history, start=1):
             out |= {f"{EPOCH_PREFIX}{n}_{k}": v for k, v in epoch.items() if k != "epoch"}
         return out

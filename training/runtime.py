@@ -473,12 +473,13 @@ class RankingModel:
         surface: str | None = None,
         user_id: str | None = None,
         item_ids: Sequence[str] | None = None,
+        session_item_ids: Sequence[str] = (),
     ) -> np.ndarray:
         """(n_candidates,) raw ranking scores, higher is better, in the order of `item_features` rows.
 
         ``surface`` is the request's (recsys.vocab.SURFACES); a multi-task ranker mixes its heads by it.
         ``user_id`` and ``item_ids`` (the candidates, in row order) feed the item-kNN signal of a ranker
-        trained with it.
+        trained with it; ``session_item_ids`` (the live session's items) join the user's liked items there.
 
         Raises:
             ValueError: the ranker reads the item-kNN signal and the ids are not given.
@@ -489,7 +490,7 @@ class RankingModel:
                 raise ValueError(
                     f"ranker v{self.version} reads the item-kNN signal: pass the candidates' ids"
                 )
-            knn = self.item_knn.scores(user_id, item_ids)
+            knn = self.item_knn.scores(user_id, item_ids, also_liked=session_item_ids)
         matrix = build_ranker_matrix(
             user_features, item_features, retrieval_scores, self.feature_service, item_knn_scores=knn
         )
