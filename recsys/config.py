@@ -140,8 +140,8 @@ class TwoTowerConfig(_Frozen):
     sparse_embeddings: Literal["auto", "yes", "no"] = "auto"
     # Stop after this many epochs in a row without a better validation recall@10 and keep the best epoch's
     # weights; None (the default): every epoch runs and the last one is the model. Off by default: the
-    # in-batch validation recall is noisy on small validation windows, and on the simulated loop world
-    # keeping its best epoch collapsed the retrained challenger (docs/models.md, "Early stopping").
+    # in-batch validation recall is noisy on small validation windows: on the simulated loop world keeping
+    # its best epoch changed the models by noise (docs/models.md, "Early stopping").
     early_stopping_patience: int | None = Field(default=None, ge=1)
     # bfloat16 autocast for the towers: "auto" on a CUDA device, "yes" anywhere (CPUs with bfloat16).
     mixed_precision: Literal["auto", "yes", "no"] = "auto"
