@@ -177,6 +177,17 @@ def genre_matrix(values: Iterable[Any]) -> np.ndarray:
     return matrix
 
 
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Each candidate's rank by score, 0 = highest; ties keep candidate order.
+
+    >>> _ranks(np.array([0.5, 2.0, 0.0, 2.0])).tolist()
+    [2.0, 0.0, 3.0, 1.0]
+    """
+    rank = np.empty(len(scores), dtype=np.float32)
+    rank[np.argsort(-scores, kind="stable")] = np.arange(len(scores), dtype=np.float32)
+    return rank
+
+
 def _log1p_scalar(value: float) -> float:
     return float(np.log1p(max(value, 0.0))) if not np.isnan(value) else float("nan")
 
@@ -218,11 +229,8 @@ def build_ranker_matrix(
         return out
     col = {name: i for i, name in enumerate(names)}
 
-    order = np.argsort(-scores, kind="stable")
-    rank = np.empty(n, dtype=np.float32)
-    rank[order] = np.arange(n, dtype=np.float32)
     out[:, col["retrieval_score"]] = scores
-    out[:, col["retrieval_rank"]] = rank
+    out[:, col["retrieval_rank"]] = _ranks(scores)
     out[:, col["retrieval_score_gap"]] = scores - scores.max()
 
     n_events = _scalar(user.get("user_n_events"))
@@ -273,12 +281,9 @@ def _item_knn_columns(out: np.ndarray, col: Mapping[str, int], knn: np.ndarray) 
     """Fill the item-kNN columns of ``out`` in place; all NaN for a user the signal does not know."""
     if np.isnan(knn).all():
         return
-    order = np.argsort(-knn, kind="stable")
-    rank = np.empty(len(knn), dtype=np.float32)
-    rank[order] = np.arange(len(knn), dtype=np.float32)
     best = float(knn.max())
     out[:, col["item_knn_score"]] = knn
-    out[:, col["item_knn_rank"]] = rank
+    out[:, col["item_knn_rank"]] = _ranks(knn)
     # Users with long histories have larger sums: the share puts every user on one scale.
     out[:, col["item_knn_share"]] = knn / best if best > 0 else np.nan
 
