@@ -37,6 +37,7 @@ class EvalWindow:
     seen: dict[str, set[str]]
     starts: pd.DataFrame
     store: Any
+    snapshots: list[Any]  # the feature job's snapshot times (users reading the same ones share an index)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ def load_window(config: PipelineConfig, dataset_version: str | None, split: str 
         seen=ex.items_by_user(history),
         starts=starts,
         store=build_store(state, config.features),
+        snapshots=grid,
     )
 
 
@@ -172,6 +174,7 @@ def score_system(
         n_candidates,
         progress=lambda message: say(f"{ref}: {message}"),
         histories=history_at_cut(window.history, window.users, retrieval.history_length),
+        snapshots=window.snapshots,
     )
     candidates = sorted_by_user(candidates)
     say(f"{ref}: ranker features for the candidates")

@@ -212,8 +212,9 @@ def run_replay(config: PipelineConfig, window: EvalWindow, ref: str, k: int) -> 
     users_at = window.starts.assign(user_id=window.starts["user_id"].astype(str))
     users_at = users_at[users_at["user_id"].isin(set(map(str, window.users)))]
     first: dict[str, Any] = {}
+    times = list(users_at["event_timestamp"].unique())
     for when, index in item_indexes_over(
-        retrieval.model, window.store, historical_features, list(users_at["event_timestamp"].unique())
+        retrieval.model, window.store, historical_features, times, snapshots=window.snapshots
     ):
         with retrieval.model.as_of(index):
             for user in users_at.loc[users_at["event_timestamp"] == when, "user_id"]:

@@ -44,34 +44,69 @@ def floor_to_snapshots(times: pd.Series, snapshots: list[datetime]) -> pd.Series
     return pd.Series(pd.to_datetime(floored, utc=True), index=times.index)
 
 
+def index_read_times(times: pd.Series, snapshots: Sequence[datetime]) -> pd.Series:
+    """The time each time's item index is built from: its snapshot, one shared time before the first.
+
+    From the first snapshot on, a time reads the item features of the newest snapshot at or before it.
+    Before the first snapshot no item has batch features yet, so every such time reads the same empty
+    rows: they all share the earliest of them, and one item index serves them all (a 1M-user log whose
+    windows open inside the first snapshot interval would otherwise build one index per user). Only the
+    index is shared: candidates keep each user's own time, so request-time values stay exact.
+    """
+    times = pd.to_datetime(times, utc=True)
+    if not len(snapshots):
+        return pd.Series(times.min(), index=times.index)
+    floored = floor_to_snapshots(times, list(snapshots))
+    before = floored < min(pd.to_datetime(pd.Series(snapshots), utc=True))
+    return floored.where(~before, floored[before].min()) if before.any() else floored
+
+
 def item_indexes_over(
     model: RetrievalModel,
     store: Any,
     read: FeatureReader,
     times: Sequence[Any],
     progress: Callable[[str], None] | None = None,
+    snapshots: Sequence[datetime] | None = None,
 ) -> Iterator[tuple[Any, ItemIndex]]:
     """The item index as of each time, oldest first: item embeddings from item features read at that time.
 
     The one way to retrieve "as of t": candidate generation and the offline replay of the serving stages
     both go through it, so an item is never described with features from after the moment judged.
+    With the feature job's `snapshots`, times that read the same item features share one index
+    (`index_read_times`); without, every distinct time builds its own.
     """
     catalog = model.catalog
     ordered = sorted(set(times))
+    if snapshots is None:
+        read_at = dict(zip(ordered, ordered, strict=True))
+    else:
+        shared = index_read_times(pd.Series(pd.to_datetime(ordered, utc=True)), snapshots)
+        read_at = dict(zip(ordered, shared, strict=True))
+    reads = sorted(set(read_at.values()))
+    position = {t: step for step, t in enumerate(reads)}
     per_call = max(1, ITEM_ROWS_PER_READ // max(len(catalog), 1))
     item_rows_at: dict[Any, pd.DataFrame] = {}
-    for step, when in enumerate(ordered):
-        if progress:
-            progress(f"candidates: snapshot {step + 1}/{len(ordered)}")
-        if when not in item_rows_at:
-            # One feature read covers several snapshot times: each read has a fixed cost of seconds.
-            batch = ordered[step : step + per_call]
+
+    def item_rows(step: int) -> pd.DataFrame:
+        if reads[step] not in item_rows_at:
+            # One feature read covers several times: each read has a fixed cost of seconds.
+            batch = reads[step : step + per_call]
             entity = pd.DataFrame({"item_id": catalog * len(batch), TS: np.repeat(batch, len(catalog))})
             rows = read(store, entity, TWO_TOWER_FEATURE_SERVICE)
             for j, t in enumerate(batch):
                 item_rows_at[t] = rows.iloc[j * len(catalog) : (j + 1) * len(catalog)].reset_index(drop=True)
-        item_rows = item_rows_at.pop(when)
-        yield when, ItemIndex.build(model.embed_items(catalog, item_rows), np.arange(len(catalog)))
+        return item_rows_at.pop(reads[step])
+
+    built: tuple[Any, ItemIndex] | None = None
+    for when in ordered:
+        key = read_at[when]
+        if built is None or built[0] != key:
+            if progress:
+                progress(f"candidates: item index {position[key] + 1}/{len(reads)}")
+            embeddings = model.embed_items(catalog, item_rows(position[key]))
+            built = (key, ItemIndex.build(embeddings, np.arange(len(catalog))))
+        yield when, built[1]
 
 
 def generate_candidates(
@@ -83,6 +118,7 @@ def generate_candidates(
     n: int,
     progress: Callable[[str], None] | None = None,
     histories: Mapping[str, Sequence[str]] | None = None,
+    snapshots: Sequence[datetime] | None = None,
 ) -> pd.DataFrame:
     """Top-n retrieval candidates per user, with user and item features as of each user's time.
 
@@ -95,6 +131,8 @@ def generate_candidates(
         histories: per user, the recent positive items before the window (oldest first) for a model
             whose user tower reads them; None gives every user an empty one, never the model's stored
             history, which may hold the very window judged.
+        snapshots: the feature job's snapshot times, so that users whose times read the same item
+            features share one item index (see `item_indexes_over`); None builds one per distinct time.
 
     Returns:
         Columns user_id, item_id, retrieval_score, event_timestamp; per user best first.
@@ -106,7 +144,8 @@ def generate_candidates(
     user_emb = model.embed_users(user_ids, user_rows, history)  # (n_users, dim)
     frames = []
     row_of = {item: i for i, item in enumerate(catalog)}
-    for when, index in item_indexes_over(model, store, read, list(users_at[TS].unique()), progress):
+    times = list(users_at[TS].unique())
+    for when, index in item_indexes_over(model, store, read, times, progress, snapshots):
         mask = (users_at[TS] == when).to_numpy()
         users = list(users_at["user_id"][mask])
         banned = [{row_of[i] for i in exclude.get(u, set()) if i in row_of} for u in users]
@@ -159,6 +198,7 @@ def window_candidates(
         n,
         progress=progress,
         histories=ex.history_at_cut(history, starts["user_id"], model.history_length),
+        snapshots=grid,
     )
     return sorted_by_user(candidates), starts
 
