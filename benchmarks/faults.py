@@ -168,6 +168,24 @@ async def drive(
     return timeline
 
 
+def stage_errors(base: str) -> dict[str, int]:
+    """The service's stage failures so far as "stage/exception class": `recsys_errors_total`, so that
+    each fallback reason in the table can be traced to what raised it."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=TIMEOUT_S) as response:
+        text = response.read().decode()
+    return {
+        f"{sample.labels['stage']}/{sample.labels['reason']}": int(sample.value)
+        for family in text_string_to_metric_families(text)
+        if family.name == "recsys_errors"
+        for sample in family.samples
+        if sample.name == "recsys_errors_total"
+    }
+
+
 def summarise(timeline: Timeline, down: float, up: float) -> dict[str, Any]:
     """Counts of a run with a fault from `down` to `up` (equal when the fault is one instant).
 
@@ -279,11 +297,13 @@ def main() -> None:
                     actions = {down: outage}
                     timeline = asyncio.run(drive(base, users, items, args.rate, args.duration, actions))
                     time.sleep(2)
+                    redis_errors = stage_errors(base)
                 at = {name: round(t - timeline.start, 2) for name, t in moments.items()}
                 back = at.get("answering", args.duration)
                 results["redis stopped and restarted"] = summarise(timeline, at["stopping"], back) | {
                     "events_in_log": events_in_log(state, timeline.events_acked),
                     "redis_s": at,
+                    "stage_errors": redis_errors,
                 }
                 print(json.dumps(results, indent=2), flush=True)
             if "replica" in args.faults:
@@ -296,7 +316,9 @@ def main() -> None:
 
                     actions = {down: kill}
                     timeline = asyncio.run(drive(base, users, items, args.rate, args.duration, actions))
+                    replica_errors = stage_errors(base)
                 results["ranking replica killed"] = summarise(timeline, down, down) | {
+                    "stage_errors": replica_errors,
                     "killed": killed.get("name"),
                     "events_in_log": events_in_log(state, timeline.events_acked),
                 }
@@ -343,6 +365,8 @@ def main() -> None:
             f"Redis (seconds from the start): shutdown asked at {at.get('stopping')}, exited at "
             f"{at.get('stopped')}, started at {at.get('starting')}, answering at {at.get('answering')}.",
         ]
+    lines += ["", "Stage failures by stage and exception class (`recsys_errors_total` after each run):", ""]
+    lines += [f"- {name}: {r['stage_errors'] or 'none'}" for name, r in results.items()]
     text = "\n".join(lines)
     save("faults", {**meta, "results": results}, text)
     print(text)
