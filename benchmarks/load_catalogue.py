@@ -181,6 +181,33 @@ def grow_features(
     return written
 
 
+def stage_breakdown(base: str, make: Any, n: int) -> dict[str, dict[str, float]]:
+    """Median and p99 of each stage's own timing over `n` serial `debug=true` requests, beside the
+    client's round trip: where a request's time goes at this catalogue size, with no queueing."""
+    import urllib.request
+
+    seen: dict[str, list[float]] = {}
+    for i in range(n):
+        body = json.dumps({**make(i), "debug": True}).encode()
+        request = urllib.request.Request(
+            f"{base}/recommend", data=body, headers={"Content-Type": "application/json"}
+        )
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = json.loads(response.read())
+        seen.setdefault("client round trip", []).append((time.perf_counter() - started) * 1000.0)
+        for stage, ms in ((payload.get("debug") or {}).get("timings_ms") or {}).items():
+            seen.setdefault(stage, []).append(float(ms))
+    return {
+        stage: {
+            "n": len(values),
+            "median_ms": round(float(np.median(values)), 2),
+            "p99_ms": round(float(np.percentile(values, 99)), 2),
+        }
+        for stage, values in seen.items()
+    }
+
+
 def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], budget_ms: float) -> str:
     lines = [
         f"# Serving under load with {setup['catalogue_items']:,} catalogue items "
@@ -208,6 +235,17 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
     ]
     if ratios:
         lines.append(f"- recsys serve against the echo floor at the same level: {'; '.join(ratios)}")
+    stages = setup.get("stages_ms") or {}
+    if stages:
+        lines += [
+            "",
+            "Where the time goes: each stage's own timing over serial `debug=true` requests after the load "
+            "(stages nest: `retrieval` holds its inner steps, `ranking` the ranking stage's):",
+            "",
+            "| stage | n | median ms | p99 ms |",
+            "|---|---|---|---|",
+            *(f"| {name} | {v['n']} | {v['median_ms']} | {v['p99_ms']} |" for name, v in stages.items()),
+        ]
     return "\n".join(lines)
 
 
@@ -226,6 +264,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per level")
     parser.add_argument("--p99-budget-ms", type=float, default=200.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--debug-requests", type=int, default=100, help="serial debug requests for the stage breakdown"
+    )
     args = parser.parse_args()
     if args.items < 1:
         parser.error("--items must be at least 1")
@@ -304,6 +345,7 @@ def run(args: argparse.Namespace, port: int) -> None:
     with running([sys.executable, "-m", "recsys", "serve", *common], base, logs / "serve-catalogue.log"):
         timings["serve start-up until healthy"] = time.perf_counter() - started
         levels += measure(SERVE, base, make, args.rates, args.concurrency, args.duration)
+        stages = stage_breakdown(base, make, args.debug_requests)
 
     command = " ".join(
         [
@@ -324,6 +366,7 @@ def run(args: argparse.Namespace, port: int) -> None:
         "simulated_items": args.items,
         "candidates": args.candidates,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "stages_ms": stages,
     }
     text = markdown(meta, setup, levels, args.p99_budget_ms)
     data = {
