@@ -124,3 +124,31 @@ def test_recent_positive_items_are_strictly_before_each_row() -> None:
 def test_history_at_cut_takes_everything_in_the_frame() -> None:
     assert history_at_cut(HISTORY_EVENTS, ["1", "2", "9"], 2) == {"1": ["e", "f"], "2": ["a"], "9": []}
     assert history_at_cut(HISTORY_EVENTS.iloc[:0], ["1"], 2) == {"1": []}
+
+
+def test_recent_positive_items_match_a_row_by_row_reading() -> None:
+    """Random logs with ties and users without rows or events, against the definition read literally."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        n_events = int(rng.integers(0, 60))
+        events = pd.DataFrame(
+            {
+                "user_id": rng.choice(["u1", "u2", "u3"], n_events),
+                "item_id": [f"i{k}" for k in rng.integers(0, 9, n_events)],
+                "event_type": rng.choice(["like", "view", "save"], n_events),
+                "event_ts": pd.to_datetime(rng.integers(0, 8, n_events), unit="D", utc=True),
+            }
+        )
+        at = pd.DataFrame(
+            {
+                "user_id": rng.choice(["u1", "u2", "u4"], 15),
+                "event_timestamp": pd.to_datetime(rng.integers(0, 9, 15), unit="D", utc=True),
+            }
+        )
+        liked = events[events["event_type"].isin(["like", "save"])]
+        liked = liked.iloc[np.argsort(liked["event_ts"].to_numpy(), kind="stable")]
+        expected = [
+            liked[(liked["user_id"] == u) & (liked["event_ts"] < t)]["item_id"].tolist()[-4:]
+            for u, t in zip(at["user_id"], at["event_timestamp"], strict=True)
+        ]
+        assert recent_positive_items(events, at, 4) == expected
