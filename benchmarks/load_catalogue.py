@@ -40,6 +40,7 @@ import pandas as pd
 from faults import start_redis
 from load import HERE, Level, best_rate, free_port, level_table, measure, running
 from saving import run_meta, save
+from serve_latency import latency_summary
 
 from recsys.config import PipelineConfig, load_config
 from recsys.state import StateDir
@@ -182,7 +183,7 @@ def grow_features(
 
 
 def stage_breakdown(base: str, make: Any, n: int) -> dict[str, dict[str, float]]:
-    """Median and p99 of each stage's own timing over `n` serial `debug=true` requests, beside the
+    """p50 / p95 / p99 of each stage's own timing over `n` serial `debug=true` requests, beside the
     client's round trip: where a request's time goes at this catalogue size, with no queueing."""
     import urllib.request
 
@@ -198,14 +199,7 @@ def stage_breakdown(base: str, make: Any, n: int) -> dict[str, dict[str, float]]
         seen.setdefault("client round trip", []).append((time.perf_counter() - started) * 1000.0)
         for stage, ms in ((payload.get("debug") or {}).get("timings_ms") or {}).items():
             seen.setdefault(stage, []).append(float(ms))
-    return {
-        stage: {
-            "n": len(values),
-            "median_ms": round(float(np.median(values)), 2),
-            "p99_ms": round(float(np.percentile(values, 99)), 2),
-        }
-        for stage, values in seen.items()
-    }
+    return {stage: latency_summary(values) for stage, values in seen.items()}
 
 
 def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], budget_ms: float) -> str:
@@ -242,9 +236,12 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
             "Where the time goes: each stage's own timing over serial `debug=true` requests after the load "
             "(stages nest: `retrieval` holds its inner steps, `ranking` the ranking stage's):",
             "",
-            "| stage | n | median ms | p99 ms |",
-            "|---|---|---|---|",
-            *(f"| {name} | {v['n']} | {v['median_ms']} | {v['p99_ms']} |" for name, v in stages.items()),
+            "| stage | n | p50 ms | p95 ms | p99 ms |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {name} | {v['n']} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} |"
+                for name, v in stages.items()
+            ),
         ]
     return "\n".join(lines)
 

@@ -45,7 +45,8 @@ def _timed(client: httpx.Client, method: str, path: str, body: dict[str, Any] | 
     return elapsed * 1000
 
 
-def _summary(samples_ms: list[float]) -> dict[str, float]:
+def latency_summary(samples_ms: list[float]) -> dict[str, float]:
+    """Count and p50 / p95 / p99 of latencies in milliseconds."""
     p50, p95, p99 = np.percentile(samples_ms, [50, 95, 99])
     return {"n": len(samples_ms), "p50_ms": round(p50, 2), "p95_ms": round(p95, 2), "p99_ms": round(p99, 2)}
 
@@ -103,7 +104,7 @@ def measure(url: str, users: list[str], items: list[str], requests: int) -> dict
             for name, make in scenarios.items():
                 method, path, body = make(n)
                 samples[name].append(_timed(client, method, path, body))
-    return {name: _summary(values) for name, values in samples.items()}
+    return {name: latency_summary(values) for name, values in samples.items()}
 
 
 def _serve_and_measure(
