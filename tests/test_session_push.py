@@ -141,9 +141,14 @@ def test_a_session_older_than_an_hour_reads_as_empty(tmp_path: Path, redis_url: 
     sessions = OnlineSessions(store, lambda ids: {})
     assert sessions.items("fresh") == ["i1"]
     assert sessions.items("stale") == [] and sessions.read(["stale"]) == [None]
-    # every read path honours the TTL: the fast reader hands views with a TTL to the same Feast read
-    frame = OnlineReader(store)(SESSION_SERVICE, [{"user_id": "fresh"}, {"user_id": "stale"}])
-    assert frame[LAST_ITEMS].tolist() == [["i1"], None]
+    # every read path honours the TTL, with the same values: Feast's read and the fast reader
+    rows = [{"user_id": "fresh"}, {"user_id": "stale"}, {"user_id": "never"}]
+    fast = OnlineReader(store)(SESSION_SERVICE, rows)
+    assert fast[LAST_ITEMS].tolist() == [["i1"], None, None]
+    pd.testing.assert_frame_equal(fast, online_features(store, SESSION_SERVICE, rows))
+    # the age is read per request: a minute later the fresh session has expired too
+    later = OnlineReader(store, wall_clock=lambda: time.time() + 3 * 60)
+    assert later(SESSION_SERVICE, rows)[LAST_ITEMS].tolist() == [None, None, None]
 
 
 def test_offline_replay_equals_the_pushed_rows_online_and_in_point_in_time_joins(tmp_path: Path) -> None:

@@ -16,6 +16,10 @@ Layouts it reads (Feast 0.67, ``entity_key_serialization_version`` 3):
 
 Entities whose values change slowly (items, by default) can be kept decoded in a small TTL + LRU cache:
 a request then reads only the entities it has not seen for ``cache_ttl_s``.
+
+A view with a TTL (the sessions) is read with its event timestamps (SQLite's ``event_ts`` column, the
+Redis hash's ``_ts:<view>`` field), and a value older than the TTL reads as missing: the rule of
+``online_features``, where Feast 0.67 itself returns a value however old it is. Such views are never cached.
 """
 
 from __future__ import annotations
@@ -27,13 +31,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from recsys.features.store import ENTITY_KEYS, FeatureRequestError, online_features, online_store_errors
+from recsys.features.store import ENTITY_KEYS, FeatureRequestError, online_store_errors
 
 if TYPE_CHECKING:
     import feast
@@ -43,6 +47,8 @@ _SQL_CHUNK = 900
 _MISSING: tuple[Any, ...] = ()
 # Serialised entity keys kept per reader (about 100 bytes each); the memo starts over past this.
 _MAX_KEYS = 1_000_000
+# Where a fetched entity's event time (POSIX seconds) is put among its fields, for views with a TTL.
+_EVENT_TIME = "\x00event_time"
 
 
 @dataclass(frozen=True)
@@ -54,18 +60,15 @@ class ViewRead:
     join_key: str
     features: tuple[str, ...]
     value_types: tuple[Any, ...]  # feast ValueType per feature, for Feast's own value conversion
+    ttl_s: float = 0.0  # a value older than this reads as missing; 0: values never expire
 
 
 @dataclass(frozen=True)
 class ServicePlan:
-    """The views of a feature service that rows with `keys` read, in the service's order.
-
-    `None` views mean the service is read through Feast (a view with a TTL: this reader does not expire
-    values).
-    """
+    """The views of a feature service that rows with `keys` read, in the service's order."""
 
     keys: tuple[str, ...]
-    views: tuple[ViewRead, ...] | None
+    views: tuple[ViewRead, ...]
     columns: tuple[str, ...]
 
 
@@ -126,23 +129,28 @@ class _SqliteTables:
         if self._conn is None:
             if not self._path.exists():
                 raise FeatureRequestError(f"no online store at {self._path}: run `recsys features`")
-            # No type detection: the event timestamps are not read, and parsing them costs more than the read.
+            # No type detection: parsing every event timestamp costs more than the read; the views with a
+            # TTL parse theirs (`_posix_seconds`).
             self._conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False)
         return self._conn
 
-    def fetch(self, read: ViewRead, keys: Sequence[bytes], project: str) -> list[dict[str, bytes]]:
-        found: dict[bytes, dict[str, bytes]] = {}
+    def fetch(self, read: ViewRead, keys: Sequence[bytes], project: str) -> list[dict[str, Any]]:
+        found: dict[bytes, dict[str, Any]] = {}
+        stamped = read.ttl_s > 0
         with self._lock:
             conn = self._connection()
             for start in range(0, len(keys), _SQL_CHUNK):
                 chunk = keys[start : start + _SQL_CHUNK]
                 rows = conn.execute(
-                    f'SELECT entity_key, feature_name, value FROM "{read.table}" '
-                    f"WHERE entity_key IN ({','.join('?' * len(chunk))})",
+                    f"SELECT entity_key, feature_name, value, {'event_ts' if stamped else 'NULL'} "
+                    f'FROM "{read.table}" WHERE entity_key IN ({",".join("?" * len(chunk))})',
                     chunk,
                 ).fetchall()
-                for key, name, value in rows:
-                    found.setdefault(key, {})[name] = value
+                for key, name, value, event_ts in rows:
+                    fields = found.setdefault(key, {})
+                    fields[name] = value
+                    if stamped:  # one time per entity and view: each feature's row carries the same
+                        fields[_EVENT_TIME] = _posix_seconds(event_ts)
         return [found.get(key, {}) for key in keys]
 
     def entity_keys(self, read: ViewRead, project: str) -> list[bytes]:
@@ -159,21 +167,29 @@ class _RedisHashes:
         self._client = client
         self._fields: dict[ViewRead, list[bytes]] = {}
 
-    def fetch(self, read: ViewRead, keys: Sequence[bytes], project: str) -> list[dict[str, bytes]]:
+    def fetch(self, read: ViewRead, keys: Sequence[bytes], project: str) -> list[dict[str, Any]]:
         from feast.infra.online_stores.helpers import _mmh3
 
         fields = self._fields.get(read)
         if fields is None:
-            fields = self._fields[read] = [_mmh3(f"{read.view}:{name}") for name in read.features]
+            fields = [_mmh3(f"{read.view}:{name}") for name in read.features]
+            if read.ttl_s > 0:  # Feast's event time of the entity's values of this view, last
+                fields.append(f"_ts:{read.view}".encode())
+            self._fields[read] = fields
         suffix = project.encode("utf-8")
         with self._client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hmget(key + suffix, fields)
             replies = pipe.execute()
-        return [
-            {name: value for name, value in zip(read.features, reply, strict=True) if value is not None}
-            for reply in replies
-        ]
+        out: list[dict[str, Any]] = []
+        for reply in replies:
+            found = {
+                name: value for name, value in zip(read.features, reply, strict=False) if value is not None
+            }
+            if read.ttl_s > 0 and found and reply[-1] is not None:
+                found[_EVENT_TIME] = _timestamp_seconds(reply[-1])
+            out.append(found)
+        return out
 
     def entity_keys(self, read: ViewRead, project: str) -> list[bytes]:
         """The serialised key of every entity hash of the project (any view's; a view without values for
@@ -196,6 +212,7 @@ class OnlineReader:
         cache_ttl_s: How long a cached entity's values are served without a read; 0 turns caching off.
         cache_max_entries: Entities kept in the cache.
         clock: Seconds, for the cache's expiry.
+        wall_clock: POSIX seconds now, for the views' TTLs.
     """
 
     def __init__(
@@ -205,7 +222,9 @@ class OnlineReader:
         cache_ttl_s: float = 0.0,
         cache_max_entries: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._wall_clock = wall_clock
         self._store = store
         config = store.config
         self._project = config.project
@@ -225,8 +244,6 @@ class OnlineReader:
         if any(set(row) != keys for row in entity_rows):
             raise FeatureRequestError("every entity row must have the same keys")
         plan = self._plan(service_name, keys & set(ENTITY_KEYS))
-        if plan.views is None:
-            return online_features(self._store, service_name, entity_rows)
         columns: dict[str, list[Any]] = {key: [row[key] for row in entity_rows] for key in plan.keys}
         for read in plan.views:
             ids = columns[read.join_key]
@@ -245,7 +262,7 @@ class OnlineReader:
     def service_views(self, service_name: str, keys: Sequence[str] = ENTITY_KEYS) -> tuple[ViewRead, ...]:
         """The views of the service that rows with `keys` read, in the service's order."""
         plan = self._plan(service_name, set(keys) & set(ENTITY_KEYS))
-        if plan.views is None:
+        if any(read.ttl_s > 0 for read in plan.views):
             raise FeatureRequestError(f"feature service {service_name!r} has a view with a TTL")
         return plan.views
 
@@ -271,7 +288,7 @@ class OnlineReader:
 
     def _values(self, read: ViewRead, ids: list[str]) -> list[tuple[Any, ...]]:
         """Decoded feature values (in `read.features` order) per id; `()` for an entity not in the store."""
-        cache = self.cache if read.join_key in self._cached_keys else None
+        cache = self.cache if read.join_key in self._cached_keys and read.ttl_s == 0 else None
         # Two services may read different features of one view: each (view, features) has its own entries.
         slot = self._slots.setdefault((read.view, read.features), len(self._slots))
         decoded: dict[str, tuple[Any, ...]] = {}
@@ -286,8 +303,11 @@ class OnlineReader:
             with online_store_errors(self._store):  # Redis down: FeatureStoreUnavailable, for the fallback
                 keys = [self._key(read.join_key, e) for e in wanted]
                 stored = self._backend.fetch(read, keys, self._project)
+            now = self._wall_clock() if read.ttl_s > 0 else 0.0
             for entity, fields in zip(wanted, stored, strict=True):
-                values = _decode(read, fields)
+                # `now - t > ttl`, the rule of `online_features`; a value without a time never expires.
+                expired = read.ttl_s > 0 and now - fields.get(_EVENT_TIME, now) > read.ttl_s
+                values = _MISSING if expired else _decode(read, fields)
                 decoded[entity] = values
                 if cache is not None:
                     cache.put((slot, entity), values)
@@ -328,7 +348,6 @@ class OnlineReader:
                 f"unknown feature service {service_name!r}: run `recsys features`"
             ) from err
         reads: list[ViewRead] = []
-        expiring = False
         for projection in service.feature_view_projections:
             view = self._store.get_feature_view(projection.name)
             join_keys = [column.name for column in view.entity_columns]
@@ -336,7 +355,6 @@ class OnlineReader:
                 continue
             if len(join_keys) != 1:
                 raise FeatureRequestError(f"view {view.name!r} has {len(join_keys)} join keys; one is read")
-            expiring = expiring or (view.ttl is not None and view.ttl > timedelta(0))
             reads.append(
                 ViewRead(
                     view=compute_versioned_name(view, self._versioning),
@@ -344,6 +362,9 @@ class OnlineReader:
                     join_key=join_keys[0],
                     features=tuple(feature.name for feature in projection.features),
                     value_types=tuple(feature.dtype.to_value_type() for feature in projection.features),
+                    ttl_s=view.ttl.total_seconds()
+                    if view.ttl is not None and view.ttl > timedelta(0)
+                    else 0.0,
                 )
             )
         if not reads:
@@ -353,10 +374,10 @@ class OnlineReader:
             )
         ordered_keys = tuple(key for key in ENTITY_KEYS if key in keys)
         columns = ordered_keys + tuple(name for read in reads for name in read.features)
-        return ServicePlan(ordered_keys, None if expiring else tuple(reads), columns)
+        return ServicePlan(ordered_keys, tuple(reads), columns)
 
 
-def _decode(read: ViewRead, fields: dict[str, bytes]) -> tuple[Any, ...]:
+def _decode(read: ViewRead, fields: dict[str, Any]) -> tuple[Any, ...]:
     """Feast's Python values of the stored protos, in `read.features` order; `()` when nothing is stored.
 
     Plain scalars and numeric lists are taken from the proto directly (what Feast's converter returns for
@@ -398,6 +419,39 @@ _PLAIN_LISTS = frozenset(
         "string_list_val",
     }
 )
+
+
+def _seconds(ttl: timedelta | None) -> float:
+    """A view's TTL in seconds; 0 for none (Feast reads a zero TTL as none too)."""
+    return ttl.total_seconds() if ttl is not None and ttl > timedelta(0) else 0.0
+
+
+def _posix_seconds(event_ts: Any) -> float:
+    """SQLite's stored event time in POSIX seconds, read back as Feast reads it.
+
+    Feast stores a naive UTC datetime as ``int(dt.timestamp())`` (its sqlite3 adapter, which reads the
+    naive time as local) and reads it back with ``datetime.fromtimestamp`` then calls it UTC: the same
+    round trip here, so both agree on any machine's time zone. ISO text (an older adapter) also reads.
+
+    >>> _posix_seconds("1970-01-01 00:01:00.500000")
+    60.5
+    """
+    if isinstance(event_ts, bytes):
+        event_ts = event_ts.decode()
+    if isinstance(event_ts, int | float) or str(event_ts).lstrip("-").isdigit():
+        naive = datetime.fromtimestamp(int(event_ts))
+    else:
+        naive = datetime.fromisoformat(str(event_ts)).replace(tzinfo=None)
+    return naive.replace(tzinfo=UTC).timestamp()
+
+
+def _timestamp_seconds(raw: bytes) -> float:
+    """A serialised protobuf ``Timestamp`` (Feast's ``_ts:<view>`` field) in POSIX seconds."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    stamp = Timestamp()
+    stamp.ParseFromString(raw)
+    return float(stamp.seconds + stamp.nanos / 1e9)
 
 
 def sqlite_path(store: feast.FeatureStore) -> Path:

@@ -2,8 +2,9 @@
 
 `OnlineSessions.record` reads the users' current rows, extends them with the new engaged events by
 ``recsys.features.session_features.advance`` and pushes the new rows (``store.push`` to the online store);
-`OnlineSessions.read` reads them back through the `session_v1` feature service, which drops rows older
-than the view's 1-hour TTL. Replicas share nothing but the online store, so each sees the others' events.
+`OnlineSessions.read` reads them back through the `session_v1` feature service with the fast reader
+(``recsys.features.online_read``), which, like ``online_features``, drops rows older than the view's
+1-hour TTL. Replicas share nothing but the online store, so each sees the others' events.
 
 Two replicas extending the same user's row within the same few milliseconds can each miss the other's
 events (read, then write); the event log keeps every event, and a backfill through
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from recsys.features.online_read import OnlineReader
 from recsys.features.session_features import (
     CATEGORY_COUNTS,
     LAST_ITEMS,
@@ -32,7 +34,6 @@ from recsys.features.session_features import (
     to_ms,
     to_record,
 )
-from recsys.features.store import online_features
 
 if TYPE_CHECKING:
     import feast
@@ -93,6 +94,7 @@ class OnlineSessions:
         store: From ``recsys.features.store.build_store``, with the definitions applied.
         item_genres: Genre vectors of a list of items (e.g. `item_genre_lookup`).
         clock: The processing time a pushed row carries.
+        read: Online reads of the session rows (default: an ``OnlineReader`` of `store`).
     """
 
     def __init__(
@@ -100,8 +102,10 @@ class OnlineSessions:
         store: feast.FeatureStore,
         item_genres: Callable[[list[str]], GenreLookup],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        read: FeatureReads | None = None,
     ) -> None:
         self._store = store
+        self._read = read if read is not None else OnlineReader(store, cached_keys=())
         self._genres = item_genres
         self._clock = clock
         # One read-extend-push at a time in this process: two event batches of one user must not race.
@@ -111,7 +115,7 @@ class OnlineSessions:
         """Each user's live row as a dict of features; None for a user without one (or an expired one)."""
         if not user_ids:
             return []
-        frame = online_features(self._store, SESSION_SERVICE, [{"user_id": u} for u in user_ids])
+        frame = self._read(SESSION_SERVICE, [{"user_id": u} for u in user_ids])
         rows: list[dict[str, Any] | None] = []
         for record in frame.to_dict("records"):
             live = record.get(LAST_ITEMS) is not None
