@@ -53,7 +53,24 @@ SHADOW_FOLDER = "shadow"
 RETRIEVAL_MODEL = "recsys-two-tower"
 RANKING_MODEL = "recsys-ranker"
 # Thread pools sized for a shared machine: small batches gain nothing from more threads.
-_SINGLE_THREAD = {"env_vars": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
+_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# Ray Serve levers, unless the environment sets them: user code and the handle router on a replica's own
+# event loop instead of a thread each, so a request crosses no thread boundary inside a replica or the
+# proxy (docs/serving.md, "Ray Serve settings", for what they change here).
+SERVE_LEVERS = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+
+
+def serve_levers() -> dict[str, str]:
+    """`SERVE_LEVERS`, each overridden by the environment's value when it has one."""
+    return {name: os.environ.get(name, value) for name, value in SERVE_LEVERS.items()}
+
+
+def replica_options(num_cpus: float) -> dict[str, Any]:
+    """`ray_actor_options` of a replica: its CPU share and its environment (threads, Serve levers)."""
+    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": {**_THREADS, **serve_levers()}}}
 
 
 def _reader(config: PipelineConfig) -> FeatureReader:
@@ -160,7 +177,7 @@ def check_champions(config: PipelineConfig) -> None:
             raise MissingStateError(f"no champion for {name!r} in {state.mlflow}: run `recsys train` first")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5, "runtime_env": _SINGLE_THREAD})
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class Retrieval:
     """Candidate generation; `load` builds the stage (the champion by default, small models in tests)."""
 
@@ -204,7 +221,7 @@ def _in_replica() -> bool:
     return True
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5, "runtime_env": _SINGLE_THREAD})
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class Ranking:
     """Candidate scoring with dynamic batching: concurrent requests share one feature read.
 
@@ -472,19 +489,23 @@ def build_graph(
             replica keeps its own.
     """
     ranking = Ranking.options(  # type: ignore[attr-defined]
-        max_ongoing_requests=settings.ranking_max_ongoing_requests
+        ray_actor_options=replica_options(0.5),
+        max_ongoing_requests=settings.ranking_max_ongoing_requests,
     ).bind(ranking_loader, settings, ranking_variant_loader, shadow_loader)
     if settings.graph == "fused":
         ingress = Ingress.options(  # type: ignore[attr-defined]
-            ray_actor_options={"num_cpus": 0.5, "runtime_env": _SINGLE_THREAD},
+            ray_actor_options=replica_options(0.5),
             max_ongoing_requests=settings.ingress_max_ongoing_requests,
         )
         return ingress.bind(  # type: ignore[no-any-return]
             retrieval_loader, ranking, settings, state_dir, champion_versions, shared_sessions
         )
-    split = Ingress.options(max_ongoing_requests=settings.ingress_max_ongoing_requests)  # type: ignore[attr-defined]
+    split = Ingress.options(  # type: ignore[attr-defined]
+        ray_actor_options=replica_options(0.1),
+        max_ongoing_requests=settings.ingress_max_ongoing_requests,
+    )
     return split.bind(  # type: ignore[no-any-return]
-        Retrieval.bind(retrieval_loader),  # type: ignore[attr-defined]
+        Retrieval.options(ray_actor_options=replica_options(0.5)).bind(retrieval_loader),  # type: ignore[attr-defined]
         ranking,
         settings,
         state_dir,
@@ -568,6 +589,10 @@ def run_serve(config: PipelineConfig, blocking: bool = True) -> ServeSummary:
         check_champions(config)
     with console.status("starting Ray and Serve"):
         if not ray.is_initialized():
+            # The HTTP proxy routes to the ingress like a handle does: a local cluster's processes
+            # (proxy and controller too) inherit these from here; the environment may override them.
+            for name, value in SERVE_LEVERS.items():
+                os.environ.setdefault(name, value)
             # A cluster named by RAY_ADDRESS brings its own resources; a local one gets two CPUs.
             num_cpus = None if os.environ.get("RAY_ADDRESS") else 2
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)

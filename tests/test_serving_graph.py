@@ -98,3 +98,33 @@ def test_graph_reranks_after_ranking_and_skips_recent_items(serve_module: Any) -
     assert [item["item_id"] for item in first["items"]] == ["i11", "i10", "i7"]  # genre 0 capped at two
     second = handle.recommend.remote({"user_id": "u1", "k": 3}).result()
     assert [item["item_id"] for item in second["items"]] == ["i9", "i8", "i6"]
+
+
+@pytest.mark.parametrize("shape", ["fused", "split"])
+def test_every_replica_gets_one_thread_and_the_serve_levers(
+    shape: Literal["fused", "split"], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.app import SERVE_LEVERS, build_graph
+
+    monkeypatch.delenv("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD", raising=False)
+    monkeypatch.setenv("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "1")  # the environment wins
+    app = build_graph(retrieval_stage, ranking_stage, ServeConfig(graph=shape))
+    deployments = {}
+    pending = [app._bound_deployment]
+    while pending:  # the ingress's arguments hold the applications of the deployments it calls
+        deployment = pending.pop()
+        deployments[deployment.name] = deployment
+        pending += [a._bound_deployment for a in deployment.init_args if hasattr(a, "_bound_deployment")]
+    expected = {"Ingress", "Ranking"} | ({"Retrieval"} if shape == "split" else set())
+    assert set(deployments) == expected
+    for deployment in deployments.values():
+        options = deployment.ray_actor_options
+        assert options is not None
+        env = options["runtime_env"]["env_vars"]
+        assert env["OMP_NUM_THREADS"] == "1"
+        assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+        assert env["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "1"
+    assert set(SERVE_LEVERS) == {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP",
+    }
