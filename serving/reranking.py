@@ -20,10 +20,11 @@ across requests; the order, not the score, carries the re-ranking.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -370,12 +371,16 @@ class ItemVectors:
     def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray) -> None:
         if len(item_ids) != len(embeddings):
             raise RerankError(f"{len(item_ids)} item ids but {len(embeddings)} embeddings")
-        self._row: Mapping[str, int] = {item: row for row, item in enumerate(item_ids)}
+        row = {item: j for j, item in enumerate(item_ids)}  # a repeated id: its last row
+        # One hash lookup per id in pandas' table, not a Python call each: a catalogue of 1M ids
+        # makes every lookup a cache miss, and a request looks up all its candidates.
+        self._ids = pd.Index(list(row), dtype=object)
+        self._rows = np.fromiter(row.values(), dtype=np.int64, count=len(row))
         # A zero row at the end stands for unknown items: similar to nothing.
         self._matrix = np.vstack([_unit_rows(embeddings), np.zeros((1, embeddings.shape[1]))])
 
     def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
         """(n, dim) unit vectors; zeros for ids without an embedding."""
-        unknown = len(self._matrix) - 1
-        rows = np.fromiter((self._row.get(i, unknown) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        found = self._ids.get_indexer(pd.Index(item_ids, dtype=object))
+        rows = np.where(found >= 0, self._rows[found], len(self._matrix) - 1)
         return self._matrix[rows]

@@ -178,8 +178,8 @@ def count_missing(frame: pd.DataFrame, columns: Sequence[str]) -> int:
     >>> count_missing(pd.DataFrame({"a": [1.0, None], "b": [None, None]}), ["a", "b"])
     3
     """
-    present = [c for c in columns if c in frame.columns]
-    return int(frame[present].isna().to_numpy().sum()) if present else 0
+    # Column by column: selecting the columns as one frame first copies every one of them.
+    return sum(int(pd.isna(frame[c].to_numpy()).sum()) for c in columns if c in frame.columns)
 
 
 def _plain(value: Any) -> Any:
@@ -508,6 +508,7 @@ class RankingStage:
             ids, ordered = order_by_score(candidates.item_ids, scores)
         timings["rerank"] = _ms(started)
         if candidates.details.get("debug"):
+            started = time.perf_counter()
             details["user_features"] = {key: _plain(value) for key, value in user.items()}
             by_id = items.set_index(ITEM_KEY, drop=False) if ITEM_KEY in items.columns else None
             details["item_features"] = (
@@ -515,6 +516,7 @@ class RankingStage:
                 if by_id is not None and by_id.index.is_unique
                 else {}
             )
+            timings["debug_details"] = _ms(started)
         return Candidates(ids, ordered, self.version, None, details)
 
     def _session_bonus(self, candidates: Candidates, info: ItemInfo) -> np.ndarray | None:

@@ -189,3 +189,11 @@ def test_item_vectors_reject_misaligned_ids() -> None:
         ItemVectors(["a", "b"], np.ones((1, 3)))
     vectors = ItemVectors(["a"], np.array([[0.0, 0.0]]))
     assert vectors.lookup(["a"]).tolist() == [[0.0, 0.0]]  # a zero vector stays zero, not NaN
+
+
+def test_item_vectors_look_up_in_request_order_with_unknowns_and_repeats() -> None:
+    vectors = ItemVectors(["a", "b", "a"], np.array([[1.0, 0.0], [0.0, 3.0], [0.0, -2.0]]))
+    found = vectors.lookup(["b", "zz", "a", "b", ""])
+    # a repeated catalogue id keeps its last row; unknown ids get the zero row; order is the request's
+    assert found.tolist() == [[0.0, 1.0], [0.0, 0.0], [0.0, -1.0], [0.0, 1.0], [0.0, 0.0]]
+    assert vectors.lookup([]).shape == (0, 2)
