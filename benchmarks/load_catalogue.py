@@ -15,7 +15,10 @@ Set-up, each step timed and reported:
    each copies, and the group's id list; so candidate feature reads fetch real records.
 
 Then the echo floor and `recsys serve` (Redis, `serve.n_candidates=--candidates`) are measured with the
-open- and closed-loop ladder of `benchmarks/load.py`, from this process over HTTP.
+open- and closed-loop ladder of `benchmarks/load.py`, from this process over HTTP, followed by each
+stage's timing over serial `debug=true` requests and the CPU per answered request of every process
+(replicas, proxy, other Ray processes, Redis, this load generator) over `--cpu-clients` closed-loop
+clients: where a request's time and the machine's cores go.
 Writes `benchmarks/results/load_<items>.json` and `.md` (e.g. `load_1m`).
 
 Run it on a state of its own: the grown model stays the retrieval champion afterwards (a rerun grows the
@@ -25,7 +28,9 @@ original again; `training.registry.rollback(state, "recsys-two-tower")` restores
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from faults import start_redis
-from load import HERE, Level, best_rate, free_port, level_table, measure, running
+from load import HERE, Level, best_rate, closed_loop, free_port, level_table, measure, running
 from saving import run_meta, save
 from serve_latency import latency_summary
 
@@ -202,6 +207,50 @@ def stage_breakdown(base: str, make: Any, n: int) -> dict[str, dict[str, float]]
     return {stage: latency_summary(values) for stage, values in seen.items()}
 
 
+def _process_group(command: list[str], pid: int) -> str:
+    """The row a process's CPU is counted under: the serving process it is, or what else it is."""
+    title = command[0] if command else ""
+    if pid == os.getpid():
+        return "load generator (this process)"
+    if title.startswith(("ray::ServeReplica:", "ray::ProxyActor")):
+        return title.removeprefix("ray::")
+    if "redis-server" in " ".join(command[:1]):
+        return "redis-server"
+    if title.startswith("ray::") or any("/ray/" in part for part in command[:2]):
+        return "other Ray processes (controller, GCS, raylet, ...)"
+    return "everything else on the machine"
+
+
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    """Every readable process: its row and its CPU seconds so far (user + system)."""
+    import psutil
+
+    out: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is not None:
+            out[proc.pid] = (_process_group(proc.info["cmdline"] or [], proc.pid), times.user + times.system)
+    return out
+
+
+def cpu_per_request(base: str, make: Any, clients: int, duration_s: float) -> dict[str, Any]:
+    """CPU milliseconds per answered request of each process, over a closed loop of `clients`: where the
+    cores go when the service is saturated (processes started or ended meanwhile count from zero)."""
+    before = _cpu_seconds()
+    outcomes, seconds = asyncio.run(closed_loop(f"{base}/recommend", make, clients, duration_s))
+    after = _cpu_seconds()
+    answered = sum(o.ok for o in outcomes)
+    used: dict[str, float] = {}
+    for pid, (group, cpu) in after.items():
+        used[group] = used.get(group, 0.0) + cpu - before.get(pid, (group, 0.0))[1]
+    rows = {
+        group: {"cpu_s": round(cpu, 2), "ms_per_request": round(cpu / max(answered, 1) * 1000.0, 2)}
+        for group, cpu in sorted(used.items(), key=lambda kv: -kv[1])
+        if cpu > 0
+    }
+    return {"clients": clients, "seconds": round(seconds, 2), "answered": answered, "processes": rows}
+
+
 def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], budget_ms: float) -> str:
     lines = [
         f"# Serving under load with {setup['catalogue_items']:,} catalogue items "
@@ -243,6 +292,18 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
                 for name, v in stages.items()
             ),
         ]
+    cpu = setup.get("cpu_per_request")
+    if cpu:
+        lines += [
+            "",
+            f"Where the cores go: CPU per answered request of each process, {cpu['clients']} closed-loop "
+            f"clients for {cpu['seconds']} s ({cpu['answered']} answered, "
+            f"{cpu['answered'] / cpu['seconds']:.1f} req/s):",
+            "",
+            "| process | CPU s | CPU ms per request |",
+            "|---|---|---|",
+            *(f"| {name} | {v['cpu_s']} | {v['ms_per_request']} |" for name, v in cpu["processes"].items()),
+        ]
     return "\n".join(lines)
 
 
@@ -263,6 +324,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--debug-requests", type=int, default=100, help="serial debug requests for the stage breakdown"
+    )
+    parser.add_argument(
+        "--cpu-clients", type=int, default=8, help="closed-loop clients while CPU per process is counted"
     )
     args = parser.parse_args()
     if args.items < 1:
@@ -343,6 +407,7 @@ def run(args: argparse.Namespace, port: int) -> None:
         timings["serve start-up until healthy"] = time.perf_counter() - started
         levels += measure(SERVE, base, make, args.rates, args.concurrency, args.duration)
         stages = stage_breakdown(base, make, args.debug_requests)
+        cpu = cpu_per_request(base, make, args.cpu_clients, args.duration)
 
     command = " ".join(
         [
@@ -364,6 +429,7 @@ def run(args: argparse.Namespace, port: int) -> None:
         "candidates": args.candidates,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "stages_ms": stages,
+        "cpu_per_request": cpu,
     }
     text = markdown(meta, setup, levels, args.p99_budget_ms)
     data = {
