@@ -151,6 +151,30 @@ def test_a_session_older_than_an_hour_reads_as_empty(tmp_path: Path, redis_url: 
     assert later(SESSION_SERVICE, rows)[LAST_ITEMS].tolist() == [None, None, None]
 
 
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+def test_the_sqlite_session_age_does_not_depend_on_the_machine_time_zone(
+    tmp_path: Path, zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Feast's SQLite adapter stores naive UTC times through the local zone; both reads must undo it alike.
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        store = applied_store(StateDir(tmp_path / "state"), FeaturesConfig())
+        now = datetime.now(UTC)
+        for user, age in (("fresh", timedelta(minutes=50)), ("stale", timedelta(minutes=70))):
+            pushed_at = now - age
+            OnlineSessions(store, lambda ids: {}, clock=fixed(pushed_at)).record(
+                events(user, ["i1"], pushed_at)
+            )
+        rows = [{"user_id": "fresh"}, {"user_id": "stale"}]
+        fast = OnlineReader(store)(SESSION_SERVICE, rows)
+        assert fast[LAST_ITEMS].tolist() == [["i1"], None]
+        pd.testing.assert_frame_equal(fast, online_features(store, SESSION_SERVICE, rows))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_offline_replay_equals_the_pushed_rows_online_and_in_point_in_time_joins(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state")
     store = applied_store(state, FeaturesConfig())
