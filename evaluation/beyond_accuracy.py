@@ -74,7 +74,8 @@ def gini_index(values: np.ndarray) -> float:
         raise MetricError("Gini of all-zero values is undefined")
     n = x.size
     i = np.arange(1, n + 1)
-    return float(((2 * i - n - 1) * x).sum() / (n * total))
+    # Equal values sum to zero only up to rounding (e.g. -2.7e-17 for five equal values): never below 0.
+    return max(0.0, float(((2 * i - n - 1) * x).sum() / (n * total)))
 
 
 def exposure_gini(lists: Iterable[Sequence[str]], catalogue: Sequence[str]) -> float:
