@@ -214,7 +214,7 @@ def _process_group(command: list[str], pid: int) -> str:
         return "load generator (this process)"
     if title.startswith(("ray::ServeReplica:", "ray::ProxyActor")):
         return title.removeprefix("ray::")
-    if "redis-server" in " ".join(command[:1]):
+    if "redis-server" in title:
         return "redis-server"
     if title.startswith("ray::") or any("/ray/" in part for part in command[:2]):
         return "other Ray processes (controller, GCS, raylet, ...)"

@@ -31,13 +31,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from recsys.features.store import ENTITY_KEYS, FeatureRequestError, online_store_errors
+from recsys.features.store import ENTITY_KEYS, FeatureRequestError, online_store_errors, ttl_seconds
 
 if TYPE_CHECKING:
     import feast
@@ -362,9 +362,7 @@ class OnlineReader:
                     join_key=join_keys[0],
                     features=tuple(feature.name for feature in projection.features),
                     value_types=tuple(feature.dtype.to_value_type() for feature in projection.features),
-                    ttl_s=view.ttl.total_seconds()
-                    if view.ttl is not None and view.ttl > timedelta(0)
-                    else 0.0,
+                    ttl_s=ttl_seconds(view.ttl),
                 )
             )
         if not reads:
@@ -419,11 +417,6 @@ _PLAIN_LISTS = frozenset(
         "string_list_val",
     }
 )
-
-
-def _seconds(ttl: timedelta | None) -> float:
-    """A view's TTL in seconds; 0 for none (Feast reads a zero TTL as none too)."""
-    return ttl.total_seconds() if ttl is not None and ttl > timedelta(0) else 0.0
 
 
 def _posix_seconds(event_ts: Any) -> float:

@@ -12,7 +12,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -484,13 +484,17 @@ def online_features(
     return pd.DataFrame(found)[[key for key in ENTITY_KEYS if key in keys] + names]
 
 
+def ttl_seconds(ttl: timedelta | None) -> float:
+    """A view's TTL in seconds; 0 for none (Feast reads a zero TTL as none too)."""
+    return ttl.total_seconds() if ttl is not None and ttl > timedelta(0) else 0.0
+
+
 def _view_ttls(store: feast.FeatureStore, refs: list[str]) -> dict[str, float]:
     """The TTL in seconds of each view of `refs` that has one (kept per store, as services do not change)."""
     cache = _TTLS.setdefault(store, {})
     for view_name in dict.fromkeys(ref.split(":", 1)[0] for ref in refs):
         if view_name not in cache:
-            ttl = store.get_feature_view(view_name).ttl
-            cache[view_name] = ttl.total_seconds() if ttl is not None else 0.0
+            cache[view_name] = ttl_seconds(store.get_feature_view(view_name).ttl)
     return {view: cache[view] for view in dict.fromkeys(r.split(":", 1)[0] for r in refs) if cache[view] > 0}
 
 
