@@ -1,6 +1,6 @@
 """Latency of the serving API over HTTP, per scenario, beside the proxy's own floor (`GET /healthz`).
 
-Either against a running server (`make serve`, then `--url`), or, with `--shapes fused,split`, starting
+Either against a running server (`make serve`, then `--url`), or, with `--shapes single,fused,split`, starting
 `recsys serve`'s application in this process once per graph shape (the state directory must hold trained
 champions: `recsys pipeline` first). Requests are serial; each scenario is interleaved with the floor, so
 a noisy machine moves both together. The previous results file, when there is one, is read first and
@@ -176,7 +176,7 @@ def _read_paths(shapes: dict[str, dict[str, dict[str, float]]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="a running server (without --shapes)")
-    parser.add_argument("--shapes", default="", help="start the app per graph shape, e.g. fused,split")
+    parser.add_argument("--shapes", default="", help="start the app per graph shape, e.g. single,fused,split")
     parser.add_argument(
         "--reads", default="fast", help="online read paths to compare with --shapes, e.g. fast,feast"
     )

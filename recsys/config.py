@@ -302,8 +302,12 @@ class ServeConfig(_Frozen):
     # Past this, the answer is given in retrieval order (fallback) rather than late.
     ranking_timeout_s: float = Field(default=1.0, gt=0)
     rerank: RerankConfig = RerankConfig()
-    # "fused" runs retrieval inside the ingress (one handle hop fewer); "split" gives it a deployment.
-    graph: Literal["fused", "split"] = "fused"
+    # "single" runs retrieval and ranking inside the ingress process (no handle hop; scale it with
+    # ingress_replicas); "fused" runs retrieval there and gives ranking a deployment; "split" gives each
+    # stage a deployment of its own.
+    graph: Literal["single", "fused", "split"] = "single"
+    # Ingress replicas. Each keeps its own prediction cache, no-repeat window and /metrics counters.
+    ingress_replicas: int = Field(default=1, ge=1)
     # Prediction cache per ingress replica; 0 turns it off.
     cache_ttl_s: float = Field(default=30.0, ge=0)
     cache_max_entries: int = Field(default=100_000, ge=1)

@@ -3,9 +3,10 @@
     HTTP -> Ingress (FastAPI; cache, sessions (pushed to and read from the online store), events,
                      experiments, no repeats, exploration, metrics)
               -> Retrieval (two-tower + FAISS, user features from Feast; in the ingress process when
-                            serve.graph is "fused", its own deployment when "split")
-              -> Ranking (@serve.batch: candidate features of the whole batch in one Feast read,
-                          LightGBM, then re-ranking: MMR, genre caps, freshness, session match, pins)
+                            serve.graph is "single" or "fused", its own deployment when "split")
+              -> Ranking (LightGBM, then re-ranking: MMR, genre caps, freshness, session match, pins;
+                          in a worker thread of the ingress process when serve.graph is "single", else
+                          its own deployment with @serve.batch: the whole batch's candidates in one read)
 
 Each replica resolves the `champion` aliases and loads its artefacts and Feast store once, in
 `__init__`; a request only reads online features and runs the models. `POST /admin/reload` re-resolves
@@ -37,6 +38,7 @@ from serving.cache import PredictionCache
 from serving.champion_watch import ChampionPoller
 from serving.events import EventLog
 from serving.experiments import CHAMPION, ExperimentWatcher
+from serving.rankers import InProcessRanking, Rankers, RankRequest
 from serving.recommender import IngressState, LocalRetrieval, Recommender
 from serving.reranking import ItemVectors
 from serving.roles import FeatureReader
@@ -236,38 +238,16 @@ class Ranking:
         load_variant: Callable[[str], RankingStage] | None = None,
         load_shadow: Callable[[], ShadowScorer] | None = None,
     ) -> None:
-        self._load = load
-        self._load_variant = load_variant
-        self._stage = load()
-        self._shadow = load_shadow() if load_shadow is not None else None
-        self._previous: RankingStage | None = None
-        self._variants: dict[str, RankingStage] = {}
+        self._rankers = Rankers(load, load_variant, load_shadow)
         # The decorator's sizes are placeholders; the configured ones apply from here on.
         batcher: Any = self._rank_batch
         batcher.set_max_batch_size(settings.ranking_max_batch_size)
         batcher.set_batch_wait_timeout_s(settings.ranking_batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
-    async def _rank_batch(
-        self, requests: list[tuple[str, Candidates, str | None]]
-    ) -> list[Candidates | Exception]:
-        out: list[Candidates | Exception] = [ValueError("not ranked")] * len(requests)
-        groups: dict[str | None, list[int]] = {}
-        for j, (_, _, model) in enumerate(requests):
-            groups.setdefault(model if model in self._variants else None, []).append(j)
-        for model, rows in groups.items():
-            stage = self._variants[model] if model is not None else self._stage
-            try:
-                ranked = stage.rank_many([(requests[j][0], requests[j][1]) for j in rows])
-            except Exception as err:
-                ranked = [err] * len(rows)
-            for j, result in zip(rows, ranked, strict=True):
-                out[j] = result
-        if self._shadow is not None:  # after the champion's answers, in a worker thread
-            champion = groups.get(None, [])
-            self._shadow.submit(
-                [(requests[j][0], requests[j][1], r) for j in champion if isinstance(r := out[j], Candidates)]
-            )
+    async def _rank_batch(self, requests: list[RankRequest]) -> list[Candidates | Exception]:
+        out = self._rankers.rank_batch(requests)
+        self._rankers.submit_shadow(requests, out)  # after the answers, in a worker thread
         return out
 
     async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates:
@@ -281,21 +261,13 @@ class Ranking:
         return result
 
     def version(self) -> str:
-        return self._stage.version
+        return self._rankers.version
 
     def load(self, ref: str) -> str:
-        """Load (or re-load, when its alias moved) the ranker `ref` names; returns its version."""
-        if self._load_variant is None:
-            raise MissingStateError("this deployment cannot load model variants")
-        stage = self._load_variant(ref)
-        self._variants[ref] = stage
-        return stage.version
+        return self._rankers.load(ref)
 
     def reload(self) -> str:
-        fresh = self._load()
-        if fresh.version != self._stage.version:
-            self._previous, self._stage = self._stage, fresh
-        return self._stage.version
+        return self._rankers.reload()
 
 
 class _RetrievalHandle:
@@ -387,13 +359,14 @@ def ingress_state(settings: ServeConfig, state_dir: Path | None) -> IngressState
 class Ingress:
     """The HTTP entry point: validates requests and composes retrieval and ranking.
 
-    Retrieval is a deployment handle (graph "split") or a stage loader run in this process ("fused").
+    Retrieval is a deployment handle (graph "split") or a stage loader run in this process ("fused",
+    "single"); ranking a deployment handle, or a `Rankers` loader run in this process ("single").
     """
 
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self,
         retrieval: DeploymentHandle[Any] | Callable[[], RetrievalStage],
-        ranking: DeploymentHandle[Any],
+        ranking: DeploymentHandle[Any] | Callable[[], Rankers],
         settings: ServeConfig,
         state_dir: Path | None = None,
         champion_versions: Callable[[], dict[str, str | None]] | None = None,
@@ -408,7 +381,9 @@ class Ingress:
             else _FusedRetrieval(retrieval)
         )
         self._retrieval = retrieval_backend
-        self._ranking = _RankingHandle(ranking)
+        self._ranking: _RankingHandle | InProcessRanking = (
+            _RankingHandle(ranking) if isinstance(ranking, DeploymentHandle) else InProcessRanking(ranking())
+        )
         self._recommender = Recommender(
             retrieval_backend,
             self._ranking,
@@ -488,23 +463,28 @@ def build_graph(
         shared_sessions: Opens the sessions every ingress replica shares (online store); None: each
             replica keeps its own.
     """
+
+    def ingress(num_cpus: float) -> Any:
+        return Ingress.options(  # type: ignore[attr-defined]
+            ray_actor_options=replica_options(num_cpus),
+            max_ongoing_requests=settings.ingress_max_ongoing_requests,
+            num_replicas=settings.ingress_replicas,
+        )
+
+    if settings.graph == "single":
+        rankers = partial(Rankers, ranking_loader, ranking_variant_loader, shadow_loader)
+        return ingress(0.5).bind(  # type: ignore[no-any-return]
+            retrieval_loader, rankers, settings, state_dir, champion_versions, shared_sessions
+        )
     ranking = Ranking.options(  # type: ignore[attr-defined]
         ray_actor_options=replica_options(0.5),
         max_ongoing_requests=settings.ranking_max_ongoing_requests,
     ).bind(ranking_loader, settings, ranking_variant_loader, shadow_loader)
     if settings.graph == "fused":
-        ingress = Ingress.options(  # type: ignore[attr-defined]
-            ray_actor_options=replica_options(0.5),
-            max_ongoing_requests=settings.ingress_max_ongoing_requests,
-        )
-        return ingress.bind(  # type: ignore[no-any-return]
+        return ingress(0.5).bind(  # type: ignore[no-any-return]
             retrieval_loader, ranking, settings, state_dir, champion_versions, shared_sessions
         )
-    split = Ingress.options(  # type: ignore[attr-defined]
-        ray_actor_options=replica_options(0.1),
-        max_ongoing_requests=settings.ingress_max_ongoing_requests,
-    )
-    return split.bind(  # type: ignore[no-any-return]
+    return ingress(0.1).bind(  # type: ignore[no-any-return]
         Retrieval.options(ray_actor_options=replica_options(0.5)).bind(retrieval_loader),  # type: ignore[attr-defined]
         ranking,
         settings,

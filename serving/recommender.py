@@ -210,7 +210,10 @@ class Recommender:
         started = time.perf_counter()
         cache = self.state.cache if not request.debug else None
         assignment = self.assignment(request.user_id)
-        context = (*request.context_key(), assignment.model)
+        # The session is part of the key: an event that changed it, whichever replica took it, makes
+        # every replica's cached answer for the old session unreachable.
+        session = self._session_items(request)
+        context = (*request.context_key(), assignment.model, tuple(session))
         cached = cache.get(request.user_id, context) if cache is not None else None
         if cache is not None:
             counter = self.metrics.cache_hits if cached is not None else self.metrics.cache_misses
@@ -218,7 +221,7 @@ class Recommender:
         if cached is not None:
             response = cached.model_copy(update={"request_id": uuid.uuid4().hex, "cached": True})
         else:
-            response = await self._recommend(request, assignment)
+            response = await self._recommend(request, assignment, session)
             if cache is not None and not response.fallback:
                 cache.put(request.user_id, context, response)
             if self._recent is not None:
@@ -251,10 +254,11 @@ class Recommender:
             items.append(request.current_item_id)
         return list(dict.fromkeys(items))  # one vote per item, order kept
 
-    async def _recommend(self, request: RecommendRequest, assignment: Assignment) -> RecommendResponse:
+    async def _recommend(
+        self, request: RecommendRequest, assignment: Assignment, session: list[str]
+    ) -> RecommendResponse:
         request_id = uuid.uuid4().hex
         recent = self._recent.items(request.user_id) if self._recent else frozenset()
-        session = self._session_items(request)
         banned = self._blocklist | recent | frozenset(request.exclude_item_ids) | frozenset(session)
         n = max(self._n_candidates, request.k)
         # A popularity answer is only k long: ask for enough that k remain once banned items are gone.

@@ -32,9 +32,9 @@ def serve_module() -> Any:
     return serve
 
 
-@pytest.mark.parametrize("shape", ["fused", "split"])
+@pytest.mark.parametrize("shape", ["single", "fused", "split"])
 def test_graph_composes_retrieval_and_ranking(
-    serve_module: Any, shape: Literal["fused", "split"], state: StateDir
+    serve_module: Any, shape: Literal["single", "fused", "split"], state: StateDir
 ) -> None:
     import json
 
@@ -100,9 +100,9 @@ def test_graph_reranks_after_ranking_and_skips_recent_items(serve_module: Any) -
     assert [item["item_id"] for item in second["items"]] == ["i9", "i8", "i6"]
 
 
-@pytest.mark.parametrize("shape", ["fused", "split"])
+@pytest.mark.parametrize("shape", ["single", "fused", "split"])
 def test_every_replica_gets_one_thread_and_the_serve_levers(
-    shape: Literal["fused", "split"], monkeypatch: pytest.MonkeyPatch
+    shape: Literal["single", "fused", "split"], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from serving.app import SERVE_LEVERS, build_graph
 
@@ -115,7 +115,9 @@ def test_every_replica_gets_one_thread_and_the_serve_levers(
         deployment = pending.pop()
         deployments[deployment.name] = deployment
         pending += [a._bound_deployment for a in deployment.init_args if hasattr(a, "_bound_deployment")]
-    expected = {"Ingress", "Ranking"} | ({"Retrieval"} if shape == "split" else set())
+    expected = {"single": {"Ingress"}, "fused": {"Ingress", "Ranking"}}.get(
+        shape, {"Ingress", "Ranking", "Retrieval"}
+    )
     assert set(deployments) == expected
     for deployment in deployments.values():
         options = deployment.ray_actor_options

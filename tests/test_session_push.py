@@ -40,6 +40,7 @@ from recsys.state import StateDir
 from recsys.vocab import GENRES
 from serving.api import create_api
 from serving.app import load_shared_sessions
+from serving.cache import PredictionCache
 from serving.events import EventLog, parse_events
 from serving.recommender import IngressState, LocalRanking, LocalRetrieval, Recommender
 from serving.reranking import RerankConfig
@@ -216,14 +217,22 @@ def test_offline_replay_equals_the_pushed_rows_online_and_in_point_in_time_joins
     assert list(joined[LAST_ITEMS][1]) == list(newest.loc["u2", LAST_ITEMS])
 
 
-def replica(store: FeatureStore | None, tmp_path: Path, name: str, own: SessionStore | None = None) -> Any:
+def replica(
+    store: FeatureStore | None,
+    tmp_path: Path,
+    name: str,
+    own: SessionStore | None = None,
+    cache: PredictionCache[Any] | None = None,
+) -> Any:
     """One ingress replica over HTTP with the small genre-aware models of the serving tests."""
     reader = Reader()
     rerank = RerankConfig(mmr_lambda=1.0, max_per_category=None, freshness_weight=0.0, no_repeat_responses=0)
     retrieval = RetrievalStage(GenreRetrieval(), reader, session_weight=0.5)
     ranking = RankingStage(AffinityRanker(), reader, rerank, session_boost=0.0)
     shared = OnlineSessions(store, item_genre_lookup(reader, "two_tower_v1")) if store is not None else None
-    state = IngressState(shared_sessions=shared, sessions=own, event_log=EventLog(tmp_path / name / "events"))
+    state = IngressState(
+        cache=cache, shared_sessions=shared, sessions=own, event_log=EventLog(tmp_path / name / "events")
+    )
     recommender = Recommender(
         LocalRetrieval(retrieval),
         LocalRanking(ranking),
@@ -245,11 +254,13 @@ def now_views(user: str, items: list[str]) -> dict[str, Any]:
 def test_post_events_writes_the_online_row_that_another_replica_serves(tmp_path: Path) -> None:
     state = StateDir(tmp_path / "state")
     applied_store(state, FeaturesConfig())
-    # no replica keeps sessions of its own: the horror can only come through the online store
-    a = replica(build_store(state, FeaturesConfig()), tmp_path, "a")
-    b = replica(build_store(state, FeaturesConfig()), tmp_path, "b")
+    # no replica keeps sessions of its own: the horror can only come through the online store; each
+    # caches its answers, and the events reach only a, whose cache alone they clear
+    a = replica(build_store(state, FeaturesConfig()), tmp_path, "a", cache=PredictionCache(30.0, 100))
+    b = replica(build_store(state, FeaturesConfig()), tmp_path, "b", cache=PredictionCache(30.0, 100))
     ask = {"user_id": "u1", "k": 5, "surface": "homepage"}
     assert genres(b.post("/recommend", json=ask).json()) == ["Comedy"] * 5
+    assert b.post("/recommend", json=ask).json()["cached"] is True
 
     response = a.post("/events", json=now_views("u1", ["i10", "i11", "i12"]))
     assert response.status_code == 200 and response.json()["accepted"] == 3, response.text
@@ -258,7 +269,7 @@ def test_post_events_writes_the_online_row_that_another_replica_serves(tmp_path:
     assert row is not None and row[LAST_ITEMS] == ["i10", "i11", "i12"]
     assert row[CATEGORY_COUNTS][HORROR] == 3.0 and sum(row[CATEGORY_COUNTS]) == 3.0
     after = b.post("/recommend", json=ask).json()
-    assert genres(after) == ["Horror"] * 5
+    assert genres(after) == ["Horror"] * 5 and after["cached"] is False
     assert 'recsys_stage_latency_seconds_count{stage="session_push"} 1.0' in a.get("/metrics").text
 
 
