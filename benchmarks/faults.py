@@ -9,8 +9,10 @@ shut down (saving to disk) a third of the way in and started again from that fil
 answers that were not 200, fallbacks while it was down, events acknowledged against events in the log
 afterwards, and seconds from Redis's return to the first answer that is not a fallback.
 
-`replica`: under the same load, one ranking replica's actor is killed through Ray; counted: failed
-requests and seconds until the service answers without fallback again.
+`replica`: under the same load, the worker process of one replica of `--replica-of` (`Ingress`, the one
+deployment of the default "single" graph; `Ranking` in the "fused" and "split" graphs) is killed; counted:
+failed requests and seconds until the service answers without fallback again. Run it with
+`--set serve.ingress_replicas=2` to see a replica's loss with another one serving.
 Writes `benchmarks/results/faults.json` and `.md`.
 """
 
@@ -248,7 +250,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20)
     parser.add_argument("--duration", type=float, default=45.0)
     parser.add_argument("--faults", nargs="+", default=["redis", "replica"], choices=["redis", "replica"])
-    parser.add_argument("--replica-of", default="Ranking", help="deployment whose replica is killed")
+    parser.add_argument("--replica-of", default="Ingress", help="deployment whose replica is killed")
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     state = StateDir(config.state_dir)
@@ -317,7 +319,7 @@ def main() -> None:
                     actions = {down: kill}
                     timeline = asyncio.run(drive(base, users, items, args.rate, args.duration, actions))
                     replica_errors = stage_errors(base)
-                results["ranking replica killed"] = summarise(timeline, down, down) | {
+                results[f"{args.replica_of.lower()} replica killed"] = summarise(timeline, down, down) | {
                     "stage_errors": replica_errors,
                     "killed": killed.get("name"),
                     "events_in_log": events_in_log(state, timeline.events_acked),
@@ -334,6 +336,7 @@ def main() -> None:
             *(["--config", str(args.config)] if args.config else []),
             *(f"--set {o}" for o in args.overrides),
             f"--rate {args.rate} --duration {args.duration:g} --faults {' '.join(args.faults)}",
+            *([f"--replica-of {args.replica_of}"] if "replica" in args.faults else []),
         ]
     )
     meta = run_meta(command, dataset_version=state.latest_dataset_version())

@@ -19,7 +19,7 @@ open- and closed-loop ladder of `benchmarks/load.py`, from this process over HTT
 stage's timing over serial `debug=true` requests and the CPU per answered request of every process
 (replicas, proxy, other Ray processes, Redis, this load generator) over `--cpu-clients` closed-loop
 clients: where a request's time and the machine's cores go.
-Writes `benchmarks/results/load_<items>.json` and `.md` (e.g. `load_1m`).
+Writes `benchmarks/results/load_<items>.json` and `.md` (e.g. `load_1m`), or `<--name>.json` and `.md`.
 
 Run it on a state of its own: the grown model stays the retrieval champion afterwards (a rerun grows the
 original again; `training.registry.rollback(state, "recsys-two-tower")` restores it).
@@ -259,7 +259,9 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
         f"{meta['when']}, {meta['machine']}, {meta['cores']} cores (server, Redis and load generator share "
         f"them); command: `{meta['command']}`",
         "",
-        f"Index: {setup['index']}. Online store: Redis, packed reads (`serve.packed_feature_reads`).",
+        f"Index: {setup['index']}. Online store: Redis, packed reads (`serve.packed_feature_reads`). "
+        f"Graph: `serve.graph={setup.get('graph')}`, "
+        f"`serve.ingress_replicas={setup.get('ingress_replicas')}`.",
         "",
         "Set-up (seconds):",
         "",
@@ -322,6 +324,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per level")
     parser.add_argument("--p99-budget-ms", type=float, default=200.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--name", default=None, help="results file name under benchmarks/results (default: load_<items>)"
+    )
     parser.add_argument(
         "--debug-requests", type=int, default=100, help="serial debug requests for the stage breakdown"
     )
@@ -420,6 +425,7 @@ def run(args: argparse.Namespace, port: int) -> None:
             "--concurrency",
             *map(str, args.concurrency),
             f"--duration {args.duration:g}",
+            *([f"--name {args.name}"] if args.name else []),
         ]
     )
     meta = run_meta(command, dataset_version=state.latest_dataset_version())
@@ -427,6 +433,8 @@ def run(args: argparse.Namespace, port: int) -> None:
         **grown,
         "simulated_items": args.items,
         "candidates": args.candidates,
+        "graph": config.serve.graph,
+        "ingress_replicas": config.serve.ingress_replicas,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "stages_ms": stages,
         "cpu_per_request": cpu,
@@ -438,7 +446,7 @@ def run(args: argparse.Namespace, port: int) -> None:
         "levels": [asdict(lv) | {"throughput": lv.throughput} for lv in levels],
         "best_rate": {t: best_rate(levels, t, args.p99_budget_ms) for t in (ECHO, SERVE)},
     }
-    save(f"load_{label(args.items)}", data, text)
+    save(args.name or f"load_{label(args.items)}", data, text)
     print(text)
 
 
