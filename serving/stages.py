@@ -368,6 +368,16 @@ class RetrievalStage:
         )
 
 
+@dataclass(frozen=True)
+class CandidateFeatures:
+    """One request's online features: its user's (one value each) and its candidates' (one row each),
+    and how many feature values the store did not have, counted per candidate row."""
+
+    user: Mapping[str, Any]
+    items: pd.DataFrame
+    missing: int
+
+
 class RankingStage:
     """Candidate scoring: one batched online read of all candidates (of one or many requests), the ranker.
 
@@ -420,9 +430,9 @@ class RankingStage:
         A request whose scoring fails gets its exception in its place; the others are still answered.
         A failed read fails them all (it is the same store for everyone).
         """
-        frames, read_ms = self._read_candidates(requests)
+        parts, read_ms = self._read_candidates(requests)
         out: list[Candidates | Exception] = []
-        for (user_id, cands), part in zip(requests, frames, strict=True):
+        for (user_id, cands), part in zip(requests, parts, strict=True):
             try:
                 out.append(self._rank_one(user_id, cands, part, read_ms, len(requests)))
             except Exception as err:  # one request's bad data must not fail its batch neighbours
@@ -435,9 +445,9 @@ class RankingStage:
         What shadow scoring compares; one online read for all requests, failures per request as in
         `rank_many`.
         """
-        frames, _ = self._read_candidates(requests)
+        parts, _ = self._read_candidates(requests)
         out: list[np.ndarray | Exception] = []
-        for (user_id, cands), part in zip(requests, frames, strict=True):
+        for (user_id, cands), part in zip(requests, parts, strict=True):
             try:
                 out.append(self._scores(user_id, cands, part)[0] if cands.item_ids else np.zeros(0))
             except Exception as err:
@@ -446,30 +456,86 @@ class RankingStage:
 
     def _read_candidates(
         self, requests: Sequence[tuple[str, Candidates]]
-    ) -> tuple[list[pd.DataFrame], float]:
-        """Each request's rows of one online read of all the candidates, and the read's time (ms)."""
+    ) -> tuple[list[CandidateFeatures], float]:
+        """Each request's user and candidate features from one online read, and the read's time (ms)."""
+        started = time.perf_counter()
+        parts = self._read_keyed(requests)
+        if parts is None:
+            parts = self._read_rows(requests)
+        return parts, _ms(started)
+
+    def _read_keyed(self, requests: Sequence[tuple[str, Candidates]]) -> list[CandidateFeatures] | None:
+        """The user's features once per user and the candidates' once per candidate, when the reader can
+        read join keys apart (the packed values); None when it cannot now."""
+        read_keyed = getattr(self._read, "read_keyed", None)
+        items = [item_id for _, cands in requests for item_id in cands.item_ids]
+        if read_keyed is None or not items:
+            return None
+        users = list(dict.fromkeys(user_id for user_id, cands in requests if cands.item_ids))
+        found = read_keyed(self.model.feature_service, {USER_KEY: users, ITEM_KEY: items})
+        if found is None:
+            return None
+        user_frame, item_frame = found[USER_KEY], found[ITEM_KEY]
+        if len(user_frame) != len(users) or len(item_frame) != len(items):
+            raise FeatureReadError(
+                f"online store returned {len(user_frame)} user and {len(item_frame)} item rows "
+                f"for {len(users)} users and {len(items)} candidates"
+            )
+        user_columns = [c for c in user_frame.columns if c != USER_KEY]
+        item_columns = [c for c in item_frame.columns if c != ITEM_KEY]
+        if not all(c.startswith("user_") for c in user_columns) or any(
+            c.startswith("user_") for c in item_columns
+        ):
+            return None  # views off the naming contract: let `split_features` sort the row read
+        row_of = {user_id: row for row, user_id in enumerate(users)}
+        item_values = {c: item_frame[c].to_numpy() for c in item_frame.columns}
+        parts: list[CandidateFeatures] = []
+        offset = 0
+        for user_id, cands in requests:
+            n = len(cands.item_ids)
+            if not n:
+                parts.append(CandidateFeatures({}, pd.DataFrame(), 0))
+                continue
+            row = row_of[user_id]
+            user = {c: user_frame[c].iloc[row] for c in user_frame.columns}
+            # Slices of the read's columns (no copy): each request's frame is its own rows.
+            items_part = pd.DataFrame(
+                {c: values[offset : offset + n] for c, values in item_values.items()}, copy=False
+            )
+            # Counted as the row-wise read counts them: the user's missing values once per candidate row.
+            missing = count_missing(items_part, item_columns) + n * count_missing(
+                user_frame.iloc[row : row + 1], user_columns
+            )
+            parts.append(CandidateFeatures(user, items_part, missing))
+            offset += n
+        return parts
+
+    def _read_rows(self, requests: Sequence[tuple[str, Candidates]]) -> list[CandidateFeatures]:
+        """One (user, item) row per candidate through the reader, split into user and item features."""
         rows = [
             {USER_KEY: user_id, ITEM_KEY: item_id}
             for user_id, cands in requests
             for item_id in cands.item_ids
         ]
-        started = time.perf_counter()
         frame = self._read(self.model.feature_service, rows) if rows else pd.DataFrame()
-        read_ms = _ms(started)
         if len(frame) != len(rows):
             raise FeatureReadError(f"online store returned {len(frame)} rows for {len(rows)} candidates")
-        frames: list[pd.DataFrame] = []
+        parts: list[CandidateFeatures] = []
         offset = 0
         for _, cands in requests:
-            frames.append(frame.iloc[offset : offset + len(cands.item_ids)].reset_index(drop=True))
-            offset += len(cands.item_ids)
-        return frames, read_ms
+            n = len(cands.item_ids)
+            part = frame.iloc[offset : offset + n].reset_index(drop=True)
+            user, items = split_features(part)
+            missing = count_missing(part, [c for c in part.columns if c not in ENTITY_COLUMNS]) if n else 0
+            parts.append(CandidateFeatures(user, items, missing))
+            offset += n
+        return parts
 
     def _scores(
-        self, user_id: str, candidates: Candidates, frame: pd.DataFrame
+        self, user_id: str, candidates: Candidates, features: CandidateFeatures
     ) -> tuple[np.ndarray, dict[str, Any], pd.DataFrame]:
         """The ranker's scores of the candidates, the user features it saw and the item frame."""
-        user, items = split_features(frame)
+        user, items = dict(features.user), features.items
         user.update(candidates.details.get("user_overrides", {}))
         extra: dict[str, Any] = {}
         if self._takes_surface:
@@ -479,22 +545,25 @@ class RankingStage:
             extra["session_item_ids"] = candidates.details.get(SESSION_ITEMS_DETAIL, ())
         retrieval = np.asarray(candidates.scores, dtype=np.float32)
         scores = np.asarray(self.model.score(user, items, retrieval, **extra), dtype=np.float64)
-        if scores.shape != (len(frame),):
-            raise ValueError(f"ranker returned scores of shape {scores.shape} for {len(frame)} candidates")
+        if scores.shape != (len(items),):
+            raise ValueError(f"ranker returned scores of shape {scores.shape} for {len(items)} candidates")
         return scores, user, items
 
     def _rank_one(
-        self, user_id: str, candidates: Candidates, frame: pd.DataFrame, read_ms: float, batch: int
+        self,
+        user_id: str,
+        candidates: Candidates,
+        features: CandidateFeatures,
+        read_ms: float,
+        batch: int,
     ) -> Candidates:
         timings = {"candidate_features": read_ms}
         details: dict[str, Any] = {"timings_ms": timings, "batch_size": batch}
         if not candidates.item_ids:
             return Candidates([], [], self.version, None, details)
-        details["missing_features"] = count_missing(
-            frame, [c for c in frame.columns if c not in ENTITY_COLUMNS]
-        )
+        details["missing_features"] = features.missing
         started = time.perf_counter()
-        scores, user, items = self._scores(user_id, candidates, frame)
+        scores, user, items = self._scores(user_id, candidates, features)
         probabilities = calibrated_probabilities(self.model, candidates.item_ids, scores)
         if probabilities is not None:
             details[PROBABILITIES_DETAIL] = probabilities

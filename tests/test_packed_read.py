@@ -292,6 +292,60 @@ def test_packed_read_equals_feast_online_and_historical(stores: dict[str, Any], 
     assert reader.fallbacks == 0 and in_memory.fallbacks == 0
 
 
+class _FirstFeatureRanker:
+    """Enough of a ranker for `RankingStage` to read `ranker_v1` (scores are not looked at here)."""
+
+    version = "1"
+    feature_service = "ranker_v1"
+
+    def score(
+        self, user_features: dict[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
+    ) -> np.ndarray:
+        return np.zeros(len(item_features))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_the_ranking_stage_reads_users_once_and_gets_what_the_row_read_gives(
+    stores: dict[str, Any], kind: str
+) -> None:
+    from serving.stages import Candidates, RankingStage
+
+    store = stores[kind]
+    pack_services(store, ["ranker_v1"])
+
+    def candidates(items: list[str]) -> Candidates:
+        return Candidates(items, [0.0] * len(items), "1")
+
+    # A batch as the ranking deployment gets one: a user twice, candidates shared between requests, an
+    # unknown user and an unknown item, and a request left without candidates.
+    requests = [
+        ("u4", candidates([f"i{j}" for j in range(0, 40)] + ["unknown"])),
+        ("nobody", candidates(["i3", "i5", "i7"])),
+        ("u2", candidates([])),
+        ("u4", candidates(["i5", "i1", "i80"])),
+        ("u7", candidates([f"i{j}" for j in range(30, 60)])),
+    ]
+    for local in ((), ("item_id",)):
+        reader = PackedReader(store, local_keys=local)
+        stage = RankingStage(_FirstFeatureRanker(), reader)
+        keyed = stage._read_keyed(requests)
+        rows = stage._read_rows(requests)
+        assert keyed is not None and reader.fallbacks == 0
+        for (user_id, cands), by_key, by_row in zip(requests, keyed, rows, strict=True):
+            if not cands.item_ids:
+                continue
+            assert list(by_key.user) == list(by_row.user)
+            for name, value in by_row.user.items():
+                assert _plain(by_key.user[name]) == _plain(value), (user_id, name)
+                assert type(by_key.user[name]) is type(value), (user_id, name)
+            pd.testing.assert_frame_equal(by_key.items, by_row.items)
+            assert by_key.missing == by_row.missing, user_id
+        assert rows[1].missing > 0 and rows[0].missing > 0  # the unknown user and item were counted
+    # a service without packed values: no keyed read (the stage reads rows through the fallback)
+    assert PackedReader(store).read_keyed("no_such_service", {"user_id": ["u1"]}) is None
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_new_generation_reaches_a_running_reader(stores: dict[str, Any], kind: str) -> None:

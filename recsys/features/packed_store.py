@@ -454,33 +454,70 @@ class PackedReader:
             columns: dict[str, list[Any]] = {key: list(map(itemgetter(key), entity_rows)) for key in present}
         except KeyError:
             raise FeatureRequestError("every entity row must have the same keys") from None
+        found = self._attempt(service_name, columns)
+        if found is not None:
+            layout, features, missing = found
+            data: dict[str, Any] = {key: columns[key] for key in columns}
+            for part in features.values():
+                data.update(part)
+            ordered = {name: data[name] for name in [*columns, *layout.features] if name in data}
+            return PackedRead(pd.DataFrame(ordered, copy=False), missing, True)
+        self.fallbacks += 1
+        return PackedRead(self._fallback(service_name, entity_rows), {}, False)
+
+    def read_keyed(self, service_name: str, ids: dict[str, list[str]]) -> dict[str, pd.DataFrame] | None:
+        """Each join key's entities apart, in one read of the store: for key `k`, a frame of `ids[k]`
+        (repeats kept, in order) and the features of `k`'s group, in the service's order.
+
+        What a ranking request needs without repeating its user's features on every candidate's row.
+        None when the packed values cannot answer (then ``read`` falls back row by row).
+        """
+        columns = {key: list(values) for key, values in ids.items()}
+        if not columns or any(not values for values in columns.values()):
+            raise FeatureRequestError("every join key needs at least one id")
+        if unknown := set(columns) - set(ENTITY_KEYS):
+            raise FeatureRequestError(f"unknown join keys {sorted(unknown)}")
+        found = self._attempt(service_name, columns)
+        if found is None:
+            return None
+        layout, features, _ = found
+        out: dict[str, pd.DataFrame] = {}
+        for key, values in columns.items():
+            part = features.get(key, {})
+            data = {key: values, **{name: part[name] for name in layout.features if name in part}}
+            out[key] = pd.DataFrame(data, copy=False)
+        return out
+
+    def _attempt(
+        self, service: str, columns: dict[str, list[Any]]
+    ) -> tuple[PackedLayout, dict[str, dict[str, np.ndarray]], dict[str, int]] | None:
+        """The packed read of `columns` (ids per join key, one entry per row), or None when the packed
+        values cannot answer it now (the caller falls back; a broken state pauses them `retry_s`)."""
         # Distinct ids per key, in order of first appearance: what is read, and checked, once each.
         distinct = {key: list(dict.fromkeys(ids)) for key, ids in columns.items()}
         for key, ids in distinct.items():
             if set(map(type, ids)) != {str}:
                 bad = next(value for value in ids if not isinstance(value, str))
                 raise FeatureRequestError(f"{key} values must be strings, got {bad!r}")
-        if self._clock() >= self._paused.get(service_name, 0.0):
-            try:
-                with online_store_errors(self._store):  # Redis down: FeatureStoreUnavailable
-                    found = self._read_packed(service_name, columns, distinct)
-            except PackedUnavailable as err:
-                # Said once per cause: a state never packed would otherwise log every retry_s.
-                log = logger.debug if str(err) == self.last_error else logger.warning
-                log("packed read of %s: %s; reading the online store's tables instead", service_name, err)
-                self.last_error = str(err)
-                self._layouts.pop(service_name, None)
-                self._paused[service_name] = self._clock() + self._retry_s
-            else:
-                if found is not None:
-                    return found
-        self.fallbacks += 1
-        return PackedRead(self._fallback(service_name, entity_rows), {}, False)
+        if self._clock() < self._paused.get(service, 0.0):
+            return None
+        try:
+            with online_store_errors(self._store):  # Redis down: FeatureStoreUnavailable
+                return self._read_packed(service, columns, distinct)
+        except PackedUnavailable as err:
+            # Said once per cause: a state never packed would otherwise log every retry_s.
+            log = logger.debug if str(err) == self.last_error else logger.warning
+            log("packed read of %s: %s; reading the online store's tables instead", service, err)
+            self.last_error = str(err)
+            self._layouts.pop(service, None)
+            self._paused[service] = self._clock() + self._retry_s
+            return None
 
     def _read_packed(
         self, service: str, columns: dict[str, list[Any]], distinct: dict[str, list[str]]
-    ) -> PackedRead | None:
-        """The packed read; None when the rows' keys match no group (the fallback explains the error)."""
+    ) -> tuple[PackedLayout, dict[str, dict[str, np.ndarray]], dict[str, int]] | None:
+        """The layout, each group's feature columns (one value per row of `columns`) and the distinct ids
+        per key the store does not hold; None when the keys match no group (the fallback explains it)."""
         layout = self._layouts.get(service)
         for _ in range(_ATTEMPTS):
             if layout is None:
@@ -498,7 +535,7 @@ class PackedReader:
                 f"the live generation of {service!r} kept changing over {_ATTEMPTS} reads"
             )
         self._layouts[service] = layout
-        features: dict[str, np.ndarray] = {}
+        features: dict[str, dict[str, np.ndarray]] = {}
         missing: dict[str, int] = {}
         for key, group in groups.items():
             try:
@@ -517,12 +554,10 @@ class PackedReader:
                 # row -> distinct id -> record (-1: not stored)
                 record_of = np.where(stored, np.cumsum(stored) - 1, -1)
                 rows = record_of[_positions(columns[key], distinct[key])]
-                features.update(frame_columns(group, records, rows))
+                features[key] = frame_columns(group, records, rows)
             except PackedLayoutError as err:
                 raise PackedUnavailable(str(err)) from err
-        data: dict[str, Any] = {key: columns[key] for key in columns}
-        data.update((name, features[name]) for name in layout.features if name in features)
-        return PackedRead(pd.DataFrame(data, copy=False), missing, True)
+        return layout, features, missing
 
     def _table(self, service: str, layout: PackedLayout, group: PackedGroup) -> _LocalTable:
         """The in-memory group of the live generation, loaded on its first request."""
