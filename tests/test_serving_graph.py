@@ -130,3 +130,34 @@ def test_every_replica_gets_one_thread_and_the_serve_levers(
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD",
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP",
     }
+
+
+def test_a_replica_exempts_what_it_loaded_from_collection_and_still_collects_what_it_drops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+    import weakref
+
+    from serving import app
+
+    class Loaded:
+        """Stands for a model: a reference cycle, freed only by the collector."""
+
+        def __init__(self) -> None:
+            self.me = self
+
+    app.exempt_loaded_objects()  # the tests' own process (no replica): nothing frozen
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(app, "_in_replica", lambda: True)
+    try:
+        model = Loaded()
+        gone = weakref.ref(model)
+        app.exempt_loaded_objects()
+        assert gc.get_freeze_count() > 0
+        del model  # a reload drops the old model: frozen, only the next call's unfreeze lets it go
+        gc.collect()
+        assert gone() is not None
+        app.exempt_loaded_objects()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
