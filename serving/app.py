@@ -422,13 +422,15 @@ class Ingress:
             except Exception:
                 logger.exception("online sessions unavailable: this replica keeps sessions of its own")
         await self._recommender.warm_up()
+        # Experiment models this replica has asked its ranking to load.
+        self._variant_refs: set[str] = set()
+        self._variants_task: asyncio.Task[None] | None = None
         watcher = self._recommender.state.experiments
         if watcher is not None:
-            for ref in watcher.models():  # variants already running when this replica starts
-                try:
-                    await self._ranking.load(ref)
-                except Exception:
-                    logger.exception("could not load experiment model %r", ref)
+            await self._load_new_variants(watcher)  # variants already running when this replica starts
+            self._variants_task = asyncio.get_running_loop().create_task(
+                self._follow_variants(watcher, settings.experiments_check_s)
+            )
         # Follows the champion aliases (e.g. `recsys rollback`); the task is kept so it is not collected.
         self._champion_task: asyncio.Task[None] | None = None
         if champion_versions is not None and settings.champion_poll_s > 0:
@@ -437,6 +439,30 @@ class Ingress:
             )
             self._champion_task = asyncio.get_running_loop().create_task(poller.run())
         exempt_loaded_objects()
+
+    async def _load_variant(self, ref: str) -> str:
+        version = await self._ranking.load(ref)
+        self._variant_refs.add(ref)
+        return version
+
+    async def _load_new_variants(self, watcher: ExperimentWatcher) -> None:
+        for ref in sorted(watcher.models() - self._variant_refs):
+            try:
+                await self._load_variant(ref)
+            except Exception:
+                logger.exception("could not load experiment model %r", ref)
+                self._variant_refs.add(ref)  # said once; `POST /admin/reload` asks again
+
+    async def _follow_variants(self, watcher: ExperimentWatcher, every_s: float) -> None:
+        """Load each model the experiments file comes to name: `PUT /admin/experiments` loads it in the
+        replica it reached before writing the file, and the other ingress replicas learn it from here
+        (until then their requests for it are ranked by the champion)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self._load_new_variants(watcher)
+            except Exception:  # the file unreadable: the watcher keeps the last good experiments
+                logger.exception("could not follow the experiments file")
 
     async def _serving_versions(self) -> dict[str, str | None]:
         retrieval, ranking = await asyncio.gather(self._retrieval.version(), self._ranking.version())
@@ -450,7 +476,7 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         watcher = self._recommender.state.experiments
-        actions = admin_actions(watcher, self._reload, self._ranking.load) if watcher is not None else None
+        actions = admin_actions(watcher, self._reload, self._load_variant) if watcher is not None else None
         return create_api(
             self._recommender, self._settings.max_k, self._settings.admin_token, actions, self._served
         )

@@ -161,3 +161,42 @@ def test_a_replica_exempts_what_it_loaded_from_collection_and_still_collects_wha
         assert gone() is None
     finally:
         gc.unfreeze()
+
+
+def test_every_ingress_replica_loads_the_model_an_experiments_file_comes_to_name(
+    serve_module: Any, state: StateDir
+) -> None:
+    """`PUT /admin/experiments` loads the model only in the replica it reached; another replica (here the
+    only one, which never got the call) loads it from the file."""
+    import time
+
+    from test_serving_rankers import VersionedRanker
+
+    from evaluation.experiments.assignment import Experiment, Variant, save_experiments
+    from serving.app import build_graph
+    from serving.reranking import RerankConfig
+
+    reader = stages()[2]
+    variants = {"4": RankingStage(VersionedRanker("4", reverse=True), reader)}
+    # No cache and no no-repeat window: the polling requests below must not change the answer.
+    settings = ServeConfig(
+        n_candidates=10,
+        max_k=20,
+        cache_ttl_s=0,
+        experiments_check_s=0.05,
+        rerank=RerankConfig(no_repeat_responses=0),
+    )
+    app = build_graph(retrieval_stage, ranking_stage, settings, state.root, variants.__getitem__)
+    handle = serve_module.run(app, _local_testing_mode=True)
+    before = handle.recommend.remote({"user_id": "u1", "k": 3}).result()
+    assert before["model_version"]["ranking"] == "3"
+    only_b = Experiment(name="ranker", variants=(Variant(name="b", model="4", traffic=1.0),))
+    save_experiments(state.experiments_file, {"ranker": only_b})
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        after = handle.recommend.remote({"user_id": "u1", "k": 3}).result()
+        if after["model_version"]["ranking"] == "4":
+            break
+        time.sleep(0.05)
+    assert after["model_version"]["ranking"] == "4"
+    assert [item["item_id"] for item in after["items"]] == ["i1", "i3", "i4"]  # the reversed ranker
