@@ -5,8 +5,8 @@
               -> Retrieval (two-tower + FAISS, user features from Feast; in the ingress process when
                             serve.graph is "single" or "fused", its own deployment when "split")
               -> Ranking (LightGBM, then re-ranking: MMR, genre caps, freshness, session match, pins;
-                          on the ingress's event loop when serve.graph is "single", else its own
-                          deployment with @serve.batch: the whole batch's candidates in one read)
+                          in a worker thread of the ingress process when serve.graph is "single", else
+                          its own deployment with @serve.batch: the whole batch's candidates in one read)
 
 Each replica resolves the `champion` aliases and loads its artefacts and Feast store once, in
 `__init__`; a request only reads online features and runs the models. `POST /admin/reload` re-resolves
@@ -403,9 +403,7 @@ class Ingress:
         )
         self._retrieval = retrieval_backend
         self._ranking: _RankingHandle | InProcessRanking = (
-            _RankingHandle(ranking)
-            if isinstance(ranking, DeploymentHandle)
-            else InProcessRanking(ranking(), settings.ranking_timeout_s)
+            _RankingHandle(ranking) if isinstance(ranking, DeploymentHandle) else InProcessRanking(ranking())
         )
         self._recommender = Recommender(
             retrieval_backend,
