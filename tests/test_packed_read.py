@@ -292,23 +292,13 @@ def test_packed_read_equals_feast_online_and_historical(stores: dict[str, Any], 
     assert reader.fallbacks == 0 and in_memory.fallbacks == 0
 
 
-class _FirstFeatureRanker:
-    """Enough of a ranker for `RankingStage` to read `ranker_v1` (scores are not looked at here)."""
-
-    version = "1"
-    feature_service = "ranker_v1"
-
-    def score(
-        self, user_features: dict[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
-    ) -> np.ndarray:
-        return np.zeros(len(item_features))
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_the_ranking_stage_reads_users_once_and_gets_what_the_row_read_gives(
     stores: dict[str, Any], kind: str
 ) -> None:
+    from test_serving_stages import ConstantRanker
+
     from serving.stages import Candidates, RankingStage
 
     store = stores[kind]
@@ -328,7 +318,7 @@ def test_the_ranking_stage_reads_users_once_and_gets_what_the_row_read_gives(
     ]
     for local in ((), ("item_id",)):
         reader = PackedReader(store, local_keys=local)
-        stage = RankingStage(_FirstFeatureRanker(), reader)
+        stage = RankingStage(ConstantRanker(), reader)
         keyed = stage._read_keyed(requests)
         rows = stage._read_rows(requests)
         assert keyed is not None and reader.fallbacks == 0
