@@ -3,7 +3,8 @@
 The challenger never changes an answer. The ranking replica hands it a batch's candidates only after the
 champion's answers are computed and returned, and its scoring runs in a worker thread, so a request does
 not wait for it (it shares the replica's CPU, which a busy machine will notice in throughput, not in the
-answer's latency). One row per (request, candidate) goes to ``<state>/shadow/date=YYYY-MM-DD.jsonl``:
+answer's latency). One row per (request, candidate) goes to ``<state>/shadow/date=YYYY-MM-DD.<writer>.jsonl``
+(a file per day and writing process):
 
     request_id, user_id, item_id, champion_version, champion_score, champion_position,
     challenger_version, challenger_score, logged_at
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,10 +90,15 @@ def shadow_records(
 
 
 class ShadowLog:
-    """Append-only JSON Lines files, one per UTC day, under `folder`."""
+    """Append-only JSON Lines files under `folder`, one per UTC day and writing process.
+
+    A file per process: ingress replicas of the "single" graph each score shadows, and appends of two
+    processes to one file may interleave inside a line once a batch outgrows one write.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._writer = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
 
     def append(self, rows: Sequence[dict[str, Any]], now: datetime | None = None) -> None:
@@ -100,7 +108,7 @@ class ShadowLog:
         text = "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with (self.folder / f"date={day}.jsonl").open("a", encoding="utf-8") as out:
+            with (self.folder / f"date={day}.{self._writer}.jsonl").open("a", encoding="utf-8") as out:
                 out.write(text)
 
     def read(self) -> pd.DataFrame:

@@ -38,12 +38,14 @@ def test_log_round_trip(tmp_path: Path) -> None:
     row = dict.fromkeys(SHADOW_COLUMNS, "x") | {"champion_score": 1.5, "champion_position": 2}
     log.append([row], datetime(2026, 3, 1, tzinfo=UTC))
     log.append([row | {"request_id": "y"}], datetime(2026, 3, 2, tzinfo=UTC))
-    assert sorted(p.name for p in (tmp_path / "shadow").iterdir()) == [
-        "date=2026-03-01.jsonl",
-        "date=2026-03-02.jsonl",
-    ]
+    # a second writer (another replica) on the same day: a file of its own, read with the others
+    ShadowLog(tmp_path / "shadow").append([row | {"request_id": "z"}], datetime(2026, 3, 2, tzinfo=UTC))
+    names = sorted(p.name for p in (tmp_path / "shadow").iterdir())
+    assert [name.split(".")[0] for name in names] == ["date=2026-03-01", "date=2026-03-02", "date=2026-03-02"]
+    assert len(set(names)) == 3 and all(name.endswith(".jsonl") for name in names)
     back = log.read()
-    assert back["request_id"].tolist() == ["x", "y"] and back["champion_score"].tolist() == [1.5, 1.5]
+    assert sorted(back["request_id"]) == ["x", "y", "z"] and back["champion_score"].tolist() == [1.5] * 3
+    assert back["request_id"].tolist()[0] == "x"  # days in order
 
 
 def test_scorer_logs_both_scores_per_candidate(tmp_path: Path) -> None:
