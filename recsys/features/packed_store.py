@@ -457,11 +457,8 @@ class PackedReader:
         found = self._attempt(service_name, columns)
         if found is not None:
             layout, features, missing = found
-            data: dict[str, Any] = {key: columns[key] for key in columns}
-            for part in features.values():
-                data.update(part)
-            ordered = {name: data[name] for name in [*columns, *layout.features] if name in data}
-            return PackedRead(pd.DataFrame(ordered, copy=False), missing, True)
+            merged = {name: values for part in features.values() for name, values in part.items()}
+            return PackedRead(_frame(columns, merged, layout), missing, True)
         self.fallbacks += 1
         return PackedRead(self._fallback(service_name, entity_rows), {}, False)
 
@@ -481,12 +478,7 @@ class PackedReader:
         if found is None:
             return None
         layout, features, _ = found
-        out: dict[str, pd.DataFrame] = {}
-        for key, values in columns.items():
-            part = features.get(key, {})
-            data = {key: values, **{name: part[name] for name in layout.features if name in part}}
-            out[key] = pd.DataFrame(data, copy=False)
-        return out
+        return {key: _frame({key: values}, features.get(key, {}), layout) for key, values in columns.items()}
 
     def _attempt(
         self, service: str, columns: dict[str, list[Any]]
@@ -577,6 +569,12 @@ class PackedReader:
                 layout.generation,
             )
         return table
+
+
+def _frame(keys: dict[str, list[Any]], features: dict[str, np.ndarray], layout: PackedLayout) -> pd.DataFrame:
+    """The entity columns, then the features in the service's order (no copies)."""
+    ordered = {name: features[name] for name in layout.features if name in features}
+    return pd.DataFrame({**keys, **ordered}, copy=False)
 
 
 def _positions(ids: list[str], distinct: list[str]) -> np.ndarray:
