@@ -324,6 +324,9 @@ class ServeConfig(_Frozen):
     # The ingress is async and mostly waits on other stages: Serve's default (5 at a time) would queue
     # requests at the proxy behind a slow stage, past every deadline, instead of falling back.
     ingress_max_ongoing_requests: int = Field(default=200, ge=1)
+    # Requests one ingress replica takes into retrieval and ranking at once; past it a request is answered
+    # at once with the popularity list (fallback `overloaded`) instead of queueing. 0: no limit.
+    max_in_flight: int = Field(default=8, ge=0)
     experiments_check_s: float = Field(default=1.0, gt=0)
     # Bearer token of the admin endpoints; unset (and RECSYS_ADMIN_TOKEN unset) disables them.
     admin_token: str | None = Field(default_factory=lambda: os.environ.get("RECSYS_ADMIN_TOKEN") or None)

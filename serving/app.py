@@ -413,6 +413,7 @@ class Ingress:
             ranking_timeout_s=settings.ranking_timeout_s,
             rerank=settings.rerank,
             state=ingress_state(settings, state_dir),
+            max_in_flight=settings.max_in_flight,
         )
         if shared_sessions is not None:
             try:

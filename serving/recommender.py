@@ -3,9 +3,11 @@
 Fallback chain, in order: popularity for users the retrieval model does not know and whose session says
 nothing (`unknown_user`); retrieval order when ranking fails or is late (`ranking_failed`,
 `ranking_timeout`); the popularity list fetched at start-up when retrieval itself fails
-(`retrieval_failed`). Either failure is reported as `feature_store_unavailable` when its cause is the
-online store being down. A valid request always gets an answer unless retrieval fails before a single
-popularity list was fetched.
+(`retrieval_failed`), or at once when this replica already has `max_in_flight` requests in retrieval
+and ranking (`overloaded`: load shedding, so that past capacity requests are still answered instead of
+queueing behind work that would finish too late). A failed stage is reported as
+`feature_store_unavailable` when its cause is the online store being down. A valid request always gets
+an answer unless retrieval fails before a single popularity list was fetched.
 
 Re-ranking (`serving.reranking`) runs in the ranking deployment, where the candidates' features are;
 the ingress keeps what only it sees: the items each user was just shown (removed, with the blocklist and
@@ -54,6 +56,8 @@ logger = logging.getLogger(__name__)
 CONTROL = "control"
 # The fallback reason when a stage failed because the online feature store is down.
 FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
+# The fallback reason of a request shed because the replica already holds `max_in_flight` requests.
+OVERLOADED = "overloaded"
 # Served lists whose propensities are kept for the impressions that refer to them (by request_id).
 _PROPENSITY_REQUESTS = 50_000
 # After a failed online session read (or push), this replica uses its own sessions for this long before
@@ -164,6 +168,8 @@ class Recommender:
         rerank: Its blocklist and no-repeat window are applied here; None applies neither.
         state: Cache, sessions, event log, experiments, exploration and metrics; the defaults keep
             none of them but the metrics.
+        max_in_flight: Requests this replica takes into retrieval and ranking at once; past it a request
+            gets the start-up popularity list (`overloaded`). 0: no limit.
     """
 
     def __init__(
@@ -175,8 +181,11 @@ class Recommender:
         ranking_timeout_s: float = 1.0,
         rerank: RerankConfig | None = None,
         state: IngressState | None = None,
+        max_in_flight: int = 0,
     ) -> None:
         self._retrieval = retrieval
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
         self._ranking = ranking
         self._n_candidates = n_candidates
         self._max_k = max_k
@@ -208,8 +217,37 @@ class Recommender:
     async def recommend(self, request: RecommendRequest) -> RecommendResponse:
         """The top `request.k` items for the user, with the versions and fallback that produced them."""
         started = time.perf_counter()
-        cache = self.state.cache if not request.debug else None
         assignment = self.assignment(request.user_id)
+        popular = self._popular
+        if popular is not None and 0 < self._max_in_flight <= self._in_flight:
+            response = self._shed(request, assignment, popular)
+        else:
+            response = await self._answer(request, assignment)
+        if self._recent is not None and not response.cached:
+            self._recent.record(request.user_id, [item.item_id for item in response.items])
+        self._remember_propensities(response)
+        for name, variant in assignment.variants.items():
+            self.metrics.experiment_assignments.labels(experiment=name, variant=variant).inc()
+        self.metrics.stage_latency.labels(stage="request").observe(time.perf_counter() - started)
+        return response
+
+    def _shed(
+        self, request: RecommendRequest, assignment: Assignment, popular: Candidates
+    ) -> RecommendResponse:
+        """The popularity list at once (`overloaded`): `max_in_flight` requests are already in.
+
+        Past capacity, taking one more request in only lengthens every queue (its retrieval runs on this
+        replica's event loop, its ranking waits behind the others') until answers come after their
+        client gave up; this answer costs next to nothing and keeps the replica answering. It reads no
+        store, so of the session only the request's own items are left out of it.
+        """
+        banned = self._banned(request, self._request_session(request))
+        build = _ResponseBuilder(uuid.uuid4().hex, request, assignment, self)
+        return build(popular.without(banned), None, OVERLOADED)
+
+    async def _answer(self, request: RecommendRequest, assignment: Assignment) -> RecommendResponse:
+        """The cached answer, or retrieval and ranking counted among the requests in flight."""
+        cache = self.state.cache if not request.debug else None
         # The session is part of the key: an event that changed it, whichever replica took it, makes
         # every replica's cached answer for the old session unreachable.
         session = self._session_items(request)
@@ -219,17 +257,14 @@ class Recommender:
             counter = self.metrics.cache_hits if cached is not None else self.metrics.cache_misses
             counter.labels(cache="prediction").inc()
         if cached is not None:
-            response = cached.model_copy(update={"request_id": uuid.uuid4().hex, "cached": True})
-        else:
+            return cached.model_copy(update={"request_id": uuid.uuid4().hex, "cached": True})
+        self._in_flight += 1
+        try:
             response = await self._recommend(request, assignment, session)
-            if cache is not None and not response.fallback:
-                cache.put(request.user_id, context, response)
-            if self._recent is not None:
-                self._recent.record(request.user_id, [item.item_id for item in response.items])
-        self._remember_propensities(response)
-        for name, variant in assignment.variants.items():
-            self.metrics.experiment_assignments.labels(experiment=name, variant=variant).inc()
-        self.metrics.stage_latency.labels(stage="request").observe(time.perf_counter() - started)
+        finally:
+            self._in_flight -= 1
+        if cache is not None and not response.fallback:
+            cache.put(request.user_id, context, response)
         return response
 
     def _stored_session(self, user_id: str) -> list[str]:
@@ -248,18 +283,26 @@ class Recommender:
                 return items
         return self.state.sessions.items(user_id) if self.state.sessions else []
 
+    @staticmethod
+    def _request_session(request: RecommendRequest) -> list[str]:
+        """The session items the request itself names."""
+        current = [request.current_item_id] if request.current_item_id is not None else []
+        return [*request.session_item_ids, *current]
+
     def _session_items(self, request: RecommendRequest) -> list[str]:
-        items = [*self._stored_session(request.user_id), *request.session_item_ids]
-        if request.current_item_id is not None:
-            items.append(request.current_item_id)
+        items = [*self._stored_session(request.user_id), *self._request_session(request)]
         return list(dict.fromkeys(items))  # one vote per item, order kept
+
+    def _banned(self, request: RecommendRequest, session: list[str]) -> frozenset[str]:
+        """Items this answer must not hold: blocklisted, just shown, excluded, or in the session."""
+        recent = self._recent.items(request.user_id) if self._recent else frozenset()
+        return self._blocklist | recent | frozenset(request.exclude_item_ids) | frozenset(session)
 
     async def _recommend(
         self, request: RecommendRequest, assignment: Assignment, session: list[str]
     ) -> RecommendResponse:
         request_id = uuid.uuid4().hex
-        recent = self._recent.items(request.user_id) if self._recent else frozenset()
-        banned = self._blocklist | recent | frozenset(request.exclude_item_ids) | frozenset(session)
+        banned = self._banned(request, session)
         n = max(self._n_candidates, request.k)
         # A popularity answer is only k long: ask for enough that k remain once banned items are gone.
         k_fetch = min(request.k + len(banned), n)

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from serving.api import create_api, describe_errors
 from serving.recommender import LocalRanking, LocalRetrieval, Recommender
 from serving.roles import RankingModel, RetrievalModel
+from serving.schemas import RecommendRequest, RecommendResponse
 from serving.stages import Candidates, RankingStage, RetrievalStage
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -373,3 +374,65 @@ def test_freshness_lifts_a_new_item_end_to_end() -> None:
     with client_for(recommender) as client:
         body = client.post("/recommend", json={"user_id": "u1", "k": 2}).json()
     assert [item["item_id"] for item in body["items"]] == ["i5", "i11"]
+
+
+class GatedRanking:
+    """A ranking backend that holds every request until `gate` opens, then answers in reverse order."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates:
+        self.waiting += 1
+        await self.gate.wait()
+        return Candidates(candidates.item_ids[::-1], candidates.scores[::-1], "3")
+
+    async def version(self) -> str:
+        return "3"
+
+
+def test_requests_past_max_in_flight_get_popularity_at_once_and_the_others_are_ranked() -> None:
+    retrieval, _, _ = stages()
+    ranking = GatedRanking()
+    recommender = Recommender(LocalRetrieval(retrieval), ranking, n_candidates=10, max_k=20, max_in_flight=2)
+
+    async def scenario() -> tuple[list[RecommendResponse], RecommendResponse, RecommendResponse]:
+        await recommender.warm_up()
+        ask = RecommendRequest(user_id="u1", k=3)
+        held = [asyncio.create_task(recommender.recommend(ask)) for _ in range(2)]
+        while ranking.waiting < 2:
+            await asyncio.sleep(0)
+        # Both slots taken: the third is answered while the first two still wait for ranking.
+        shed = await recommender.recommend(RecommendRequest(user_id="u1", k=3, exclude_item_ids=["i29"]))
+        assert not any(task.done() for task in held)
+        ranking.gate.set()
+        answered = list(await asyncio.gather(*held))
+        after = await recommender.recommend(RecommendRequest(user_id="u1", k=3))  # slots free again
+        return answered, shed, after
+
+    answered, shed, after = asyncio.run(scenario())
+    assert shed.fallback and shed.fallback_reason == "overloaded"
+    assert [item.item_id for item in shed.items] == ["i28", "i27", "i26"]  # popularity minus the excluded
+    assert shed.model_version.ranking is None
+    for response in [*answered, after]:
+        assert not response.fallback and response.model_version.ranking == "3"
+        assert [item.item_id for item in response.items] == ["i11", "i10", "i9"]  # ranked: reversed
+    assert 'recsys_fallback_total{reason="overloaded"} 1.0' in recommender.metrics.render().decode()
+
+
+def test_no_limit_admits_every_request() -> None:
+    retrieval, _, _ = stages()
+    ranking = GatedRanking()
+    recommender = Recommender(LocalRetrieval(retrieval), ranking, n_candidates=10, max_k=20, max_in_flight=0)
+
+    async def scenario() -> list[RecommendResponse]:
+        await recommender.warm_up()
+        ask = RecommendRequest(user_id="u1", k=3)
+        tasks = [asyncio.create_task(recommender.recommend(ask)) for _ in range(5)]
+        while ranking.waiting < 5:
+            await asyncio.sleep(0)
+        ranking.gate.set()
+        return list(await asyncio.gather(*tasks))
+
+    assert not any(response.fallback for response in asyncio.run(scenario()))
