@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -69,6 +68,22 @@ class _Outcome:
 
 
 BodyMaker = Callable[[int], dict[str, Any]]
+
+
+def fresh_requests(state: StateDir, seed: int = 0) -> BodyMaker:
+    """`POST /recommend` bodies (k = 10) for users of the state's training split drawn at random, each
+    with an exclusion of its own so that the prediction cache never answers."""
+    train = pd.read_parquet(
+        state.splits(state.latest_dataset_version()) / "train.parquet", columns=["user_id"]
+    )
+    users = sorted(train["user_id"].astype(str).unique())
+    rng = np.random.default_rng(seed)
+
+    def make(i: int) -> dict[str, Any]:
+        user = users[int(rng.integers(len(users)))]
+        return {"user_id": user, "k": 10, "exclude_item_ids": [f"nonce-{i}-{time.time_ns()}"]}
+
+    return make
 
 
 def free_port() -> int:
@@ -250,14 +265,7 @@ def main() -> None:
 
     config = load_config(args.config, args.overrides)
     state = StateDir(config.state_dir)
-    train = pd.read_parquet(
-        state.splits(state.latest_dataset_version()) / "train.parquet", columns=["user_id"]
-    )
-    users = sorted(train["user_id"].astype(str).unique())
-    rng = random.Random(0)
-
-    def make(i: int) -> dict[str, Any]:
-        return {"user_id": rng.choice(users), "k": 10, "exclude_item_ids": [f"nonce-{i}-{time.time_ns()}"]}
+    make = fresh_requests(state)
 
     levels: list[Level] = []
     logs = state.root / "load"

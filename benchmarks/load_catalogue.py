@@ -41,9 +41,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from faults import start_redis
-from load import HERE, Level, best_rate, closed_loop, free_port, level_table, measure, running
+from load import (
+    HERE,
+    Level,
+    best_rate,
+    closed_loop,
+    free_port,
+    fresh_requests,
+    level_table,
+    measure,
+    running,
+)
 from saving import run_meta, save
 from serve_latency import latency_summary
 
@@ -385,18 +394,7 @@ def run(args: argparse.Namespace, port: int) -> None:
     for step, seconds in timings.items():
         print(f"{step}: {seconds:.1f} s", flush=True)
 
-    train = pd.read_parquet(
-        state.splits(state.latest_dataset_version()) / "train.parquet", columns=["user_id"]
-    )
-    users = sorted(train["user_id"].astype(str).unique())
-    rng = np.random.default_rng(args.seed)
-
-    def make(i: int) -> dict[str, Any]:
-        return {
-            "user_id": users[int(rng.integers(len(users)))],
-            "k": 10,
-            "exclude_item_ids": [f"nonce-{i}-{time.time_ns()}"],
-        }
+    make = fresh_requests(state, args.seed)
 
     levels: list[Level] = []
     logs = state.root / "load"

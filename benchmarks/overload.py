@@ -18,15 +18,13 @@ import argparse
 import asyncio
 import re
 import sys
-import time
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from load import Level, free_port, open_loop, running
+from load import BodyMaker, Level, free_port, fresh_requests, open_loop, running
 from saving import run_meta, save
 
 from recsys.config import load_config
@@ -49,7 +47,7 @@ def fallback_counts(base: str) -> dict[str, float] | None:
 
 
 def measure_limit(
-    config_args: list[str], limit: int, rates: list[int], duration_s: float, make: Any, logs: Path
+    config_args: list[str], limit: int, rates: list[int], duration_s: float, make: BodyMaker, logs: Path
 ) -> list[dict[str, Any]]:
     """One server with `serve.max_in_flight=limit`, each rate in turn; a row per rate."""
     port = free_port()
@@ -143,16 +141,7 @@ def main() -> None:
 
     config = load_config(args.config, args.overrides)
     state = StateDir(config.state_dir)
-    train = pd.read_parquet(
-        state.splits(state.latest_dataset_version()) / "train.parquet", columns=["user_id"]
-    )
-    users = sorted(train["user_id"].astype(str).unique())
-    rng = np.random.default_rng(0)
-
-    def make(i: int) -> dict[str, Any]:
-        # A fresh exclusion each time: the prediction cache never answers.
-        user = users[int(rng.integers(len(users)))]
-        return {"user_id": user, "k": 10, "exclude_item_ids": [f"nonce-{i}-{time.time_ns()}"]}
+    make = fresh_requests(state)
 
     config_args = ["--config", str(args.config)] if args.config else []
     for override in args.overrides:
