@@ -103,7 +103,8 @@ async def _send(session: aiohttp.ClientSession, url: str, body: dict[str, Any], 
     return _Outcome((time.perf_counter() - started) * 1000, ok, bool(payload.get("fallback")))
 
 
-def _level(target: str, mode: str, level: int, outcomes: list[_Outcome], seconds: float) -> Level:
+def level_of(target: str, mode: str, level: int, outcomes: list[_Outcome], seconds: float) -> Level:
+    """One level's counts and latency percentiles (of the answered requests) from its outcomes."""
     ms = np.array([o.ms for o in outcomes if o.ok]) if any(o.ok for o in outcomes) else np.array([np.nan])
     return Level(
         target,
@@ -198,11 +199,11 @@ def measure(
     levels = []
     for rate in rates:
         outcomes, seconds = asyncio.run(open_loop(url, make, rate, duration_s))
-        levels.append(_level(target, "rate", rate, outcomes, seconds))
+        levels.append(level_of(target, "rate", rate, outcomes, seconds))
         print(asdict(levels[-1]), flush=True)
     for c in clients:
         outcomes, seconds = asyncio.run(closed_loop(url, make, c, duration_s))
-        levels.append(_level(target, "concurrency", c, outcomes, seconds))
+        levels.append(level_of(target, "concurrency", c, outcomes, seconds))
         print(asdict(levels[-1]), flush=True)
     return levels
 

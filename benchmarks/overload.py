@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from load import BodyMaker, Level, free_port, fresh_requests, open_loop, running
+from load import BodyMaker, free_port, fresh_requests, level_of, open_loop, running
 from saving import run_meta, save
 
 from recsys.config import load_config
@@ -67,20 +67,7 @@ def measure_limit(
                 if before is not None and after is not None
                 else dict.fromkeys(SPLIT_REASONS)
             )
-            answered = sorted(o.ms for o in outcomes if o.ok)
-            level = Level(
-                target=f"max_in_flight={limit}",
-                mode="rate",
-                level=rate,
-                sent=len(outcomes),
-                ok=len(answered),
-                errors=len(outcomes) - len(answered),
-                fallbacks=sum(1 for o in outcomes if o.ok and o.fallback),
-                seconds=seconds,
-                p50_ms=round(float(np.percentile(answered, 50)), 2) if answered else float("nan"),
-                p99_ms=round(float(np.percentile(answered, 99)), 2) if answered else float("nan"),
-                max_ms=round(answered[-1], 2) if answered else float("nan"),
-            )
+            level = level_of(f"max_in_flight={limit}", "rate", rate, outcomes, seconds)
             full = [o.ms for o in outcomes if o.ok and not o.fallback]
             row = {
                 **asdict(level),
