@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 import pandas as pd
 import pytest
-from commands import RECSYS, SMALL_CONFIG, run_recsys
+from commands import RECSYS, SMALL_CONFIG, run_recsys_here
 
 from recsys.config import REPO_ROOT
 from recsys.state import StateDir
@@ -97,7 +97,7 @@ def test_pipeline_writes_every_stage_output(pipeline: Pipeline) -> None:
 def test_rerunning_the_pipeline_changes_nothing(pipeline: Pipeline) -> None:
     metrics = pipeline.state.evaluation(pipeline.version) / "metrics.json"
     before = metrics.read_bytes()
-    proc = run_recsys(pipeline.state.root, "train", "--config", CONFIG)
+    proc = run_recsys_here(pipeline.state.root, "train", "--config", CONFIG)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "skipped=True" in proc.stderr.replace(" ", "")
     assert metrics.read_bytes() == before
@@ -162,11 +162,13 @@ def test_bad_requests_get_a_readable_422(server: str, payload: bytes, error: str
 
 def test_evaluate_refuses_champions_trained_on_another_dataset_version(pipeline: Pipeline) -> None:
     """Runs last: it adds a second dataset version to the shared state."""
-    other = run_recsys(pipeline.state.root, "ingest", "--config", CONFIG, "--set", "ingest.sample_users=30")
+    other = run_recsys_here(
+        pipeline.state.root, "ingest", "--config", CONFIG, "--set", "ingest.sample_users=30"
+    )
     assert other.returncode == 0, other.stderr[-4000:]
     try:
         assert pipeline.state.latest_dataset_version() != pipeline.version
-        proc = run_recsys(pipeline.state.root, "evaluate", "--config", CONFIG)
+        proc = run_recsys_here(pipeline.state.root, "evaluate", "--config", CONFIG)
     finally:
         # The state is shared with later modules: point LATEST back at the trained version.
         (pipeline.state.datasets / "LATEST").write_text(pipeline.version + "\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from commands import SMALL_CONFIG, run_recsys
+from commands import SMALL_CONFIG, run_recsys, run_recsys_here
 
 from evaluation.document import DOCUMENT_KEYS
 from recsys.state import StateDir
@@ -52,7 +52,7 @@ def test_challenger_is_registered_beside_the_champion(trained: Trained) -> None:
 
 
 def test_evaluate_a_challenger_on_validation_writes_schema_and_report(trained: Trained) -> None:
-    proc = run_recsys(trained.state.root, "evaluate", *CHALLENGER_ON_VALIDATION)
+    proc = run_recsys_here(trained.state.root, "evaluate", *CHALLENGER_ON_VALIDATION)
     assert proc.returncode == 0, proc.stderr[-4000:]
     folder = trained.state.evaluation(trained.version) / "validation-challenger"
     document = json.loads((folder / "metrics.json").read_text())
@@ -82,17 +82,19 @@ def test_evaluate_a_challenger_on_validation_writes_schema_and_report(trained: T
 def test_evaluate_bad_references_give_one_readable_line(
     trained: Trained, args: tuple[str, ...], message: str
 ) -> None:
-    proc = run_recsys(trained.state.root, "evaluate", "--config", CONFIG, *args)
+    proc = run_recsys_here(trained.state.root, "evaluate", "--config", CONFIG, *args)
     assert proc.returncode == 1
     assert message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
 
 
 def test_gate_fails_with_reasons_and_promotion_refuses(trained: Trained) -> None:
     strict = ["--set", "evaluate.gate.min_coverage=1.0"]  # no top-10 lists cover the whole catalogue
-    gate = run_recsys(trained.state.root, "gate", "--config", CONFIG, "--challenger", "challenger", *strict)
+    gate = run_recsys_here(
+        trained.state.root, "gate", "--config", CONFIG, "--challenger", "challenger", *strict
+    )
     assert gate.returncode == 1, gate.stderr[-4000:]
     assert "FAIL: coverage@10" in gate.stdout and "below the floor 1.0" in gate.stdout
-    promote = run_recsys(trained.state.root, "promote", "--config", CONFIG, *strict)
+    promote = run_recsys_here(trained.state.root, "promote", "--config", CONFIG, *strict)
     assert promote.returncode == 1 and "gate refused the promotion" in " ".join(promote.stderr.split())
     from training.registry import resolve_system
 
@@ -102,13 +104,13 @@ def test_gate_fails_with_reasons_and_promotion_refuses(trained: Trained) -> None
 def test_gate_passes_promote_then_rollback(trained: Trained) -> None:
     from training.registry import CHALLENGER, alias_version, configure, model_version, resolve_system
 
-    gate = run_recsys(trained.state.root, "gate", "--config", CONFIG, *LENIENT)
+    gate = run_recsys_here(trained.state.root, "gate", "--config", CONFIG, *LENIENT)
     assert gate.returncode == 0, gate.stdout + gate.stderr[-4000:]
     run_id = gate.stdout.strip().splitlines()[-1].split("MLflow run ")[1].rstrip(")")
     run = configure(trained.state).get_run(run_id)
     assert run.data.tags["passed"] == "true" and "ndcg_challenger" in run.data.metrics
 
-    promote = run_recsys(
+    promote = run_recsys_here(
         trained.state.root, "promote", "--config", CONFIG, "--from-alias", "challenger", *LENIENT
     )
     assert promote.returncode == 0, promote.stderr[-4000:]
@@ -119,10 +121,10 @@ def test_gate_passes_promote_then_rollback(trained: Trained) -> None:
     # The gate had judged these very versions with these thresholds: promote took that decision.
     assert promoted.tags["gate_run_id"] == run_id and "reusing decision" in promote.stderr
 
-    back = run_recsys(trained.state.root, "rollback", "--config", CONFIG)
+    back = run_recsys_here(trained.state.root, "rollback", "--config", CONFIG)
     assert back.returncode == 0, back.stderr[-4000:]
     assert resolve_system(trained.state, "champion") == ("1", "1")
-    again = run_recsys(trained.state.root, "rollback", "--config", CONFIG)
+    again = run_recsys_here(trained.state.root, "rollback", "--config", CONFIG)
     assert again.returncode == 1 and "no previous champion" in " ".join(again.stderr.split())
 
 
@@ -133,7 +135,7 @@ def test_report_renders_its_plots_in_a_headless_browser(
 
     folder = trained.state.evaluation(trained.version) / "validation-challenger"
     if not (folder / "report.html").exists():
-        proc = run_recsys(
+        proc = run_recsys_here(
             trained.state.root,
             "evaluate",
             "--config",
