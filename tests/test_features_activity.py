@@ -87,6 +87,7 @@ def tables(spark: Any) -> dict[str, pd.DataFrame]:
         frame = getattr(frames, name).toPandas()
         frame[schema.FEATURE_TS] = pd.to_datetime(frame[schema.FEATURE_TS], utc=True)
         out[name] = frame
+    frames.release()
     return out
 
 

@@ -70,7 +70,9 @@ def features(spark: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         _items_frame(), "item_id string, categories array<string>, published_at timestamp"
     )
     frames = compute_features(spark, events, items, snapshot_every_days=10)
-    return _utc(frames.user.toPandas()), _utc(frames.item.toPandas())
+    tables = _utc(frames.user.toPandas()), _utc(frames.item.toPandas())
+    frames.release()
+    return tables
 
 
 def _utc(frame: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from commands import run_recsys as _recsys
+from commands import run_recsys_here as _recsys
 
 from monitoring.loop_scenario import EVENTS_DIR, log_as_of
 from recsys.config import REPO_ROOT, load_config
@@ -55,7 +55,7 @@ def test_the_loop_refuses_a_broken_upstream(tmp_path: Path) -> None:
     break_upstream(log, "2024-01-25")
     args = [arg for item in [*SMALL, f"ingest.simulated_dir={log}"] for arg in ("--set", item)]
 
-    proc = _recsys(state_dir, "loop", "--config", str(CONFIG), *args, timeout=600)
+    proc = _recsys(state_dir, "loop", "--config", str(CONFIG), *args)
 
     assert proc.returncode == 4, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = StateDir(state_dir)

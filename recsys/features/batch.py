@@ -89,6 +89,14 @@ class FeatureFrames:
     user: DataFrame  # user_features_schema(): user_stats, user_activity and user_cross columns
     item: DataFrame  # item_features_schema(): item_stats and item_activity columns
     coview: DataFrame  # coview_schema()
+    # The events joined to the catalogue, which all three read, cached on their first use: without it
+    # each table's plan rescans and rejoins them (a small run's features took ~25% longer).
+    events: DataFrame | None = None
+
+    def release(self) -> None:
+        """Drop the cached events once the tables are written (a no-op when nothing was cached)."""
+        if self.events is not None:
+            self.events.unpersist()
 
 
 def _optional(frame: DataFrame, name: str, spark_type: str) -> Column:
@@ -235,6 +243,7 @@ def compute_features(
         *genre_cols,
         "ng",
     )
+    ev = ev.cache()  # every table below reads it (FeatureFrames.events)
 
     everything = Window.orderBy("k").rowsBetween(Window.unboundedPreceding, Window.currentRow)
     with_prior = snaps.join(
@@ -254,6 +263,7 @@ def compute_features(
         user=_user_features(ev, F.broadcast(snaps), genre_cols, bucket, signups),
         item=_item_features(ev, F.broadcast(item_info), F.broadcast(with_prior), genre_cols),
         coview=coview_table(ev, F.broadcast(snaps), n_snapshots),
+        events=ev,
     )
 
 

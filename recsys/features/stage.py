@@ -71,7 +71,10 @@ def _compute(state: StateDir, version: str, config: PipelineConfig) -> dict[str,
     users_path = folder / "users.parquet"
     users = spark.read.parquet(str(users_path)) if users_path.exists() else None
     frames = compute_features(spark, events, items, config.features.snapshot_every_days, users=users)
-    written = write_offline(frames, state.offline)
+    try:
+        written = write_offline(frames, state.offline)
+    finally:
+        frames.release()
     info = {
         **_build_key(version, config),
         "user_rows": written.user_rows,
