@@ -29,8 +29,9 @@ def run_recsys_here(state_dir: Path, *args: str) -> subprocess.CompletedProcess[
     """`recsys ARGS` run in this process: the same command code, exit code and output streams as
     `run_recsys`, without paying ~10 s for a new interpreter's imports of Feast, torch and MLflow.
 
-    For commands that start no Ray, Spark or server (evaluate, gate, promote, rollback, ingest); an
-    exception the command lets through ends in a traceback on stderr and exit code 1, as in a process.
+    Not for `serve` (it keeps Ray and Serve up) nor `features` (its Spark session outlives it); `train`
+    shuts down the Ray it starts. An exception the command lets through ends in a traceback on stderr
+    and exit code 1, as in a process.
     """
     import traceback
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from commands import SMALL_CONFIG, run_recsys, run_recsys_here
+from commands import SMALL_CONFIG, run_recsys_here
 
 from evaluation.document import DOCUMENT_KEYS
 from recsys.state import StateDir
@@ -34,7 +34,7 @@ class Trained:
 def trained(small_pipeline: StateDir) -> Trained:
     """The shared pipeline run (champions v1) and a challenger (v2) trained with another seed."""
     state = small_pipeline
-    proc = run_recsys(
+    proc = run_recsys_here(
         state.root, "train", "--config", CONFIG, "--alias", "challenger", "--set", "two_tower.seed=1"
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
