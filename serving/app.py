@@ -47,6 +47,7 @@ from serving.schemas import request_model
 from serving.served import SERVED_FOLDER, ServedLog, serve_recommendation
 from serving.session import SessionStore, SharedSessions
 from serving.shadow import ShadowLog, ShadowScorer
+from serving.shown import ShownWindow
 from serving.stages import RETRIEVAL_FEATURE_SERVICE, Candidates, RankingStage, RetrievalStage
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,24 @@ def load_shared_sessions(config: PipelineConfig) -> SharedSessions:
     sessions = OnlineSessions(store, item_genre_lookup(_reader(config), RETRIEVAL_FEATURE_SERVICE))
     sessions.items("__warm_up__")  # fails here, once, when the store or the session view is missing
     return sessions
+
+
+def load_shared_shown(config: PipelineConfig) -> ShownWindow | None:
+    """The no-repeat window every ingress replica shares, in the online store's Redis; None with the
+    SQLite store (one machine, usually one replica) or when re-ranking keeps no window."""
+    rerank = config.serve.rerank
+    if config.features.online_store != "redis" or not rerank.enabled or rerank.no_repeat_responses < 1:
+        return None
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    from recsys.features.store import build_store
+    from serving.shown import SharedShown
+
+    store = build_store(StateDir(config.state_dir), config.features)
+    client = RedisOnlineStore()._get_client(store.config.online_store)
+    shown = SharedShown(client, store.config.project, rerank.no_repeat_responses, config.serve.session_ttl_s)
+    shown.items("__warm_up__")  # fails here, once, when Redis does not answer
+    return shown
 
 
 def load_item_vectors(config: PipelineConfig) -> ItemVectors:
@@ -392,6 +411,7 @@ class Ingress:
         state_dir: Path | None = None,
         champion_versions: Callable[[], dict[str, str | None]] | None = None,
         shared_sessions: Callable[[], SharedSessions] | None = None,
+        shared_shown: Callable[[], ShownWindow | None] | None = None,
     ) -> None:
         self._settings = settings
         self._request_type = request_model(settings.max_k)
@@ -420,6 +440,11 @@ class Ingress:
                 self._recommender.state.shared_sessions = await asyncio.to_thread(shared_sessions)
             except Exception:
                 logger.exception("online sessions unavailable: this replica keeps sessions of its own")
+        if shared_shown is not None:
+            try:
+                self._recommender.state.shared_shown = await asyncio.to_thread(shared_shown)
+            except Exception:
+                logger.exception("shared no-repeat window unavailable: this replica keeps its own")
         await self._recommender.warm_up()
         # Experiment models this replica has asked its ranking to load.
         self._variant_refs: set[str] = set()
@@ -501,6 +526,7 @@ def build_graph(
     champion_versions: Callable[[], dict[str, str | None]] | None = None,
     shadow_loader: Callable[[], ShadowScorer] | None = None,
     shared_sessions: Callable[[], SharedSessions] | None = None,
+    shared_shown: Callable[[], ShownWindow | None] | None = None,
 ) -> serve.Application:
     """The deployment graph over any stage loaders (tests pass small in-process models).
 
@@ -512,6 +538,8 @@ def build_graph(
         shadow_loader: Builds the shadow scorer of the ranking replicas; None: no shadow scoring.
         shared_sessions: Opens the sessions every ingress replica shares (online store); None: each
             replica keeps its own.
+        shared_shown: Opens the no-repeat window every ingress replica shares; None (or a loader
+            answering None): each replica keeps its own.
     """
 
     def ingress(num_cpus: float) -> Any:
@@ -524,7 +552,7 @@ def build_graph(
     if settings.graph == "single":
         rankers = partial(Rankers, ranking_loader, ranking_variant_loader, shadow_loader)
         return ingress(0.5).bind(  # type: ignore[no-any-return]
-            retrieval_loader, rankers, settings, state_dir, champion_versions, shared_sessions
+            retrieval_loader, rankers, settings, state_dir, champion_versions, shared_sessions, shared_shown
         )
     ranking = Ranking.options(  # type: ignore[attr-defined]
         ray_actor_options=replica_options(0.5),
@@ -532,7 +560,7 @@ def build_graph(
     ).bind(ranking_loader, settings, ranking_variant_loader, shadow_loader)
     if settings.graph == "fused":
         return ingress(0.5).bind(  # type: ignore[no-any-return]
-            retrieval_loader, ranking, settings, state_dir, champion_versions, shared_sessions
+            retrieval_loader, ranking, settings, state_dir, champion_versions, shared_sessions, shared_shown
         )
     return ingress(0.1).bind(  # type: ignore[no-any-return]
         Retrieval.options(ray_actor_options=replica_options(0.5)).bind(retrieval_loader),  # type: ignore[attr-defined]
@@ -541,6 +569,7 @@ def build_graph(
         state_dir,
         champion_versions,
         shared_sessions,
+        shared_shown,
     )
 
 
@@ -555,6 +584,7 @@ def build_app(config: PipelineConfig) -> serve.Application:
         partial(registered_champions, config),
         partial(load_shadow_scorer, config) if config.serve.shadow_ranker is not None else None,
         partial(load_shared_sessions, config),
+        partial(load_shared_shown, config),
     )
 
 

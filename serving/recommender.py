@@ -49,6 +49,7 @@ from serving.schemas import (
     SimilarItemsResponse,
 )
 from serving.session import ENGAGED_EVENT_TYPES, SessionStore, SharedSessions
+from serving.shown import ShownWindow
 from serving.stages import Candidates, RankingStage, RetrievalStage, probabilities_of
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,9 @@ class IngressState:
     # only when they cannot be read, and keeps the same items for that case.
     shared_sessions: SharedSessions | None = None
     sessions: SessionStore | None = None
+    # The no-repeat window in the online store's Redis, shared by all replicas; this replica's own
+    # window (kept alongside) answers only when it cannot be read.
+    shared_shown: ShownWindow | None = None
     event_log: EventLog | None = None
     experiments: ExperimentWatcher | None = None
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
@@ -201,7 +205,7 @@ class Recommender:
         self.metrics = self.state.metrics
         self._rng = np.random.default_rng(self.state.seed)
         self._propensities: OrderedDict[str, dict[str, float]] = OrderedDict()
-        self._shared_retry_at = {"session_read": 0.0, "session_push": 0.0}
+        self._shared_retry_at = {"session_read": 0.0, "session_push": 0.0, "shown": 0.0}
 
     async def warm_up(self) -> None:
         """Fetch the last-resort popularity list; a failure here is logged, not fatal."""
@@ -224,7 +228,7 @@ class Recommender:
         else:
             response = await self._answer(request, assignment)
         if self._recent is not None and not response.cached:
-            self._recent.record(request.user_id, [item.item_id for item in response.items])
+            self._record_shown(request.user_id, [item.item_id for item in response.items])
         self._remember_propensities(response)
         for name, variant in assignment.variants.items():
             self.metrics.experiment_assignments.labels(experiment=name, variant=variant).inc()
@@ -295,8 +299,40 @@ class Recommender:
 
     def _banned(self, request: RecommendRequest, session: list[str]) -> frozenset[str]:
         """Items this answer must not hold: blocklisted, just shown, excluded, or in the session."""
-        recent = self._recent.items(request.user_id) if self._recent else frozenset()
+        recent = self._shown(request.user_id) if self._recent else frozenset()
         return self._blocklist | recent | frozenset(request.exclude_item_ids) | frozenset(session)
+
+    def _shared_shown(self) -> ShownWindow | None:
+        """The replicas' shared no-repeat window, unless it failed within the last few seconds."""
+        shared = self.state.shared_shown
+        return shared if shared is not None and time.monotonic() >= self._shared_retry_at["shown"] else None
+
+    def _shown_failed(self, err: Exception) -> None:
+        logger.warning("shared no-repeat window failed (%s); using this replica's own", err)
+        self.metrics.errors.labels(stage="shown", reason=type(err).__name__).inc()
+        self._shared_retry_at["shown"] = time.monotonic() + SHARED_SESSIONS_RETRY_S
+
+    def _shown(self, user_id: str) -> frozenset[str]:
+        """What the user's last answers showed: from every replica, or from this one's when the shared
+        window does not answer."""
+        assert self._recent is not None
+        shared = self._shared_shown()
+        if shared is not None:
+            try:
+                return shared.items(user_id)
+            except Exception as err:
+                self._shown_failed(err)
+        return self._recent.items(user_id)
+
+    def _record_shown(self, user_id: str, item_ids: list[str]) -> None:
+        assert self._recent is not None
+        self._recent.record(user_id, item_ids)
+        shared = self._shared_shown()
+        if shared is not None:
+            try:
+                shared.record(user_id, item_ids)
+            except Exception as err:
+                self._shown_failed(err)
 
     async def _recommend(
         self, request: RecommendRequest, assignment: Assignment, session: list[str]

@@ -39,7 +39,7 @@ from recsys.features.store import (
 from recsys.state import StateDir
 from recsys.vocab import GENRES
 from serving.api import create_api
-from serving.app import load_shared_sessions
+from serving.app import load_shared_sessions, load_shared_shown
 from serving.cache import PredictionCache
 from serving.events import EventLog, parse_events
 from serving.recommender import IngressState, LocalRanking, LocalRetrieval, Recommender
@@ -122,6 +122,14 @@ def test_a_pushed_session_reaches_another_replica_within_a_second(
             assert time.perf_counter() - started < 1.0, f"event {n} not visible after 1 s"
         lags.append(time.perf_counter() - started)
     assert other.items("u1") == ["i7", "i11", "i3"]  # i3 again: once, at the end
+    # The no-repeat window is shared the same way with Redis, and kept per replica with SQLite.
+    shown = load_shared_shown(config), load_shared_shown(config)
+    if kind == "sqlite":
+        assert shown == (None, None)
+    else:
+        assert shown[0] is not None and shown[1] is not None
+        shown[0].record("u1", ["i4", "i5"])
+        assert shown[1].items("u1") == {"i4", "i5"}
     vectors = online_features(store, "two_tower_v1", [{"item_id": i} for i in items])["item_genre_vector"]
     expected = np.sum([np.nan_to_num(np.asarray(v, dtype=np.float64)) for v in vectors], axis=0)
     assert expected.sum() > 0  # the items have genres, so the counts were really compared
