@@ -228,7 +228,9 @@ class Recommender:
         else:
             response = await self._answer(request, assignment)
         if self._recent is not None and not response.cached:
-            self._record_shown(request.user_id, [item.item_id for item in response.items])
+            # A shed answer touches no store, this replica's window aside.
+            shared = response.fallback_reason != OVERLOADED
+            self._record_shown(request.user_id, [item.item_id for item in response.items], shared)
         self._remember_propensities(response)
         for name, variant in assignment.variants.items():
             self.metrics.experiment_assignments.labels(experiment=name, variant=variant).inc()
@@ -245,7 +247,7 @@ class Recommender:
         client gave up; this answer costs next to nothing and keeps the replica answering. It reads no
         store, so of the session only the request's own items are left out of it.
         """
-        banned = self._banned(request, self._request_session(request))
+        banned = self._banned(request, self._request_session(request), shared=False)
         build = _ResponseBuilder(uuid.uuid4().hex, request, assignment, self)
         return build(popular.without(banned), None, OVERLOADED)
 
@@ -297,9 +299,10 @@ class Recommender:
         items = [*self._stored_session(request.user_id), *self._request_session(request)]
         return list(dict.fromkeys(items))  # one vote per item, order kept
 
-    def _banned(self, request: RecommendRequest, session: list[str]) -> frozenset[str]:
-        """Items this answer must not hold: blocklisted, just shown, excluded, or in the session."""
-        recent = self._shown(request.user_id) if self._recent else frozenset()
+    def _banned(self, request: RecommendRequest, session: list[str], shared: bool = True) -> frozenset[str]:
+        """Items this answer must not hold: blocklisted, just shown (by any replica unless `shared` is
+        False: then by this one), excluded, or in the session."""
+        recent = self._shown(request.user_id, shared) if self._recent else frozenset()
         return self._blocklist | recent | frozenset(request.exclude_item_ids) | frozenset(session)
 
     def _shared_shown(self) -> ShownWindow | None:
@@ -312,11 +315,11 @@ class Recommender:
         self.metrics.errors.labels(stage="shown", reason=type(err).__name__).inc()
         self._shared_retry_at["shown"] = time.monotonic() + SHARED_SESSIONS_RETRY_S
 
-    def _shown(self, user_id: str) -> frozenset[str]:
+    def _shown(self, user_id: str, shared_too: bool = True) -> frozenset[str]:
         """What the user's last answers showed: from every replica, or from this one's when the shared
-        window does not answer."""
+        window does not answer (or is not to be read)."""
         assert self._recent is not None
-        shared = self._shared_shown()
+        shared = self._shared_shown() if shared_too else None
         if shared is not None:
             try:
                 return shared.items(user_id)
@@ -324,10 +327,10 @@ class Recommender:
                 self._shown_failed(err)
         return self._recent.items(user_id)
 
-    def _record_shown(self, user_id: str, item_ids: list[str]) -> None:
+    def _record_shown(self, user_id: str, item_ids: list[str], shared_too: bool = True) -> None:
         assert self._recent is not None
         self._recent.record(user_id, item_ids)
-        shared = self._shared_shown()
+        shared = self._shared_shown() if shared_too else None
         if shared is not None:
             try:
                 shared.record(user_id, item_ids)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 from servers import free_port
-from test_serving_api import CatalogRetrieval, CountRanker, client_for, genre_features
+from test_serving_api import CatalogRetrieval, CountRanker, GatedRanking, client_for, genre_features
 
 from serving.recommender import IngressState, LocalRanking, LocalRetrieval, Recommender
 from serving.reranking import RerankConfig
+from serving.schemas import RecommendRequest
 from serving.shown import SharedShown
 from serving.stages import RankingStage, RetrievalStage
 
@@ -87,3 +89,32 @@ def test_a_window_that_does_not_answer_falls_back_to_the_replicas_own(client: re
     # Counted once: after a failure the shared window rests for a few seconds.
     metrics = recommender.metrics.render().decode()
     assert 'recsys_errors_total{reason="ConnectionError",stage="shown"} 1.0' in metrics
+
+
+def test_a_shed_answer_leaves_the_shared_window_alone(client: redis.Redis) -> None:
+    """Past `max_in_flight` the answer touches no store: it is not added to the shared window."""
+    reader = genre_features()
+    ranking = GatedRanking()
+    recommender = Recommender(
+        LocalRetrieval(RetrievalStage(CatalogRetrieval({"u1": {"i0", "i2"}}), reader)),
+        ranking,
+        n_candidates=30,
+        max_k=20,
+        rerank=CONFIG,
+        state=IngressState(shared_shown=SharedShown(client, "proj", 2, 60)),
+        max_in_flight=1,
+    )
+
+    async def scenario() -> str | None:
+        await recommender.warm_up()
+        held = asyncio.create_task(recommender.recommend(RecommendRequest(user_id="u1", k=3)))
+        while ranking.waiting < 1:
+            await asyncio.sleep(0)
+        shed = await recommender.recommend(RecommendRequest(user_id="u2", k=3))
+        ranking.gate.set()
+        await held
+        return shed.fallback_reason
+
+    assert asyncio.run(scenario()) == "overloaded"
+    assert client.exists("proj:shown:u1") == 1  # the ranked answer is shared
+    assert client.exists("proj:shown:u2") == 0
