@@ -276,14 +276,13 @@ class Recommender:
     def _stored_session(self, user_id: str) -> list[str]:
         """The user's session items from the online store; this replica's own when it does not answer."""
         shared = self.state.shared_sessions
-        if shared is not None and time.monotonic() >= self._shared_retry_at["session_read"]:
+        if shared is not None and self._shared_ready("session_read"):
             started = time.perf_counter()
             try:
                 items = shared.items(user_id)
             except Exception as err:
                 logger.warning("online session read failed (%s); using this replica's sessions", err)
-                self.metrics.errors.labels(stage="session_read", reason=type(err).__name__).inc()
-                self._shared_retry_at["session_read"] = time.monotonic() + SHARED_SESSIONS_RETRY_S
+                self._shared_failed("session_read", err)
             else:
                 self.metrics.stage_latency.labels(stage="session_read").observe(time.perf_counter() - started)
                 return items
@@ -305,15 +304,23 @@ class Recommender:
         recent = self._shown(request.user_id, shared) if self._recent else frozenset()
         return self._blocklist | recent | frozenset(request.exclude_item_ids) | frozenset(session)
 
+    def _shared_ready(self, stage: str) -> bool:
+        """Whether the shared store may be tried for `stage`: not within a few seconds of its failure."""
+        return time.monotonic() >= self._shared_retry_at[stage]
+
+    def _shared_failed(self, stage: str, err: Exception) -> None:
+        """Count a failure of the shared store at `stage`; this replica's own state answers for a while."""
+        self.metrics.errors.labels(stage=stage, reason=type(err).__name__).inc()
+        self._shared_retry_at[stage] = time.monotonic() + SHARED_SESSIONS_RETRY_S
+
     def _shared_shown(self) -> ShownWindow | None:
         """The replicas' shared no-repeat window, unless it failed within the last few seconds."""
         shared = self.state.shared_shown
-        return shared if shared is not None and time.monotonic() >= self._shared_retry_at["shown"] else None
+        return shared if shared is not None and self._shared_ready("shown") else None
 
     def _shown_failed(self, err: Exception) -> None:
         logger.warning("shared no-repeat window failed (%s); using this replica's own", err)
-        self.metrics.errors.labels(stage="shown", reason=type(err).__name__).inc()
-        self._shared_retry_at["shown"] = time.monotonic() + SHARED_SESSIONS_RETRY_S
+        self._shared_failed("shown", err)
 
     def _shown(self, user_id: str, shared_too: bool = True) -> frozenset[str]:
         """What the user's last answers showed: from every replica, or from this one's when the shared
@@ -424,15 +431,14 @@ class Recommender:
         """Push the users' new session rows to the online store; a failure is logged, not raised (the
         events are in the log, and this replica's sessions still get them)."""
         shared = self.state.shared_sessions
-        if shared is None or time.monotonic() < self._shared_retry_at["session_push"]:
+        if shared is None or not self._shared_ready("session_push"):
             return
         started = time.perf_counter()
         try:
             await asyncio.to_thread(shared.record, events)
         except Exception as err:
             logger.exception("could not push session rows to the online store")
-            self.metrics.errors.labels(stage="session_push", reason=type(err).__name__).inc()
-            self._shared_retry_at["session_push"] = time.monotonic() + SHARED_SESSIONS_RETRY_S
+            self._shared_failed("session_push", err)
         else:
             self.metrics.stage_latency.labels(stage="session_push").observe(time.perf_counter() - started)
 
