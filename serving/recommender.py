@@ -61,9 +61,10 @@ FEATURE_STORE_UNAVAILABLE = "feature_store_unavailable"
 OVERLOADED = "overloaded"
 # Served lists whose propensities are kept for the impressions that refer to them (by request_id).
 _PROPENSITY_REQUESTS = 50_000
-# After a failed online session read (or push), this replica uses its own sessions for this long before
-# trying the online store again: a store that is down costs one timeout, not one per request.
-SHARED_SESSIONS_RETRY_S = 5.0
+# After a failed read or write of a shared store (session read or push, no-repeat window), this replica
+# uses its own state for this long before trying again: a store that is down costs one timeout, not one
+# per request.
+SHARED_STORE_RETRY_S = 5.0
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -311,7 +312,7 @@ class Recommender:
     def _shared_failed(self, stage: str, err: Exception) -> None:
         """Count a failure of the shared store at `stage`; this replica's own state answers for a while."""
         self.metrics.errors.labels(stage=stage, reason=type(err).__name__).inc()
-        self._shared_retry_at[stage] = time.monotonic() + SHARED_SESSIONS_RETRY_S
+        self._shared_retry_at[stage] = time.monotonic() + SHARED_STORE_RETRY_S
 
     def _shared_shown(self) -> ShownWindow | None:
         """The replicas' shared no-repeat window, unless it failed within the last few seconds."""
@@ -322,7 +323,7 @@ class Recommender:
         logger.warning("shared no-repeat window failed (%s); using this replica's own", err)
         self._shared_failed("shown", err)
 
-    def _shown(self, user_id: str, shared_too: bool = True) -> frozenset[str]:
+    def _shown(self, user_id: str, shared_too: bool) -> frozenset[str]:
         """What the user's last answers showed: from every replica, or from this one's when the shared
         window does not answer (or is not to be read)."""
         assert self._recent is not None
@@ -334,7 +335,7 @@ class Recommender:
                 self._shown_failed(err)
         return self._recent.items(user_id)
 
-    def _record_shown(self, user_id: str, item_ids: list[str], shared_too: bool = True) -> None:
+    def _record_shown(self, user_id: str, item_ids: list[str], shared_too: bool) -> None:
         assert self._recent is not None
         self._recent.record(user_id, item_ids)
         shared = self._shared_shown() if shared_too else None
