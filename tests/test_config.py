@@ -30,6 +30,7 @@ def test_yaml_and_overrides_compose(tmp_path: Path) -> None:
         ("two_tower:\n  epoch: 3\n", [], "two_tower.epoch"),
         ("features:\n  online_store: cassandra\n", [], "features.online_store"),
         ("", ["two_tower.epochs=-1"], "two_tower.epochs"),
+        ("", ["serve.http_ingress=nginx"], "serve.http_ingress"),
         ("", ["nonsense"], "section.key=value"),
         ("- a list\n", [], "must be a mapping"),
     ],

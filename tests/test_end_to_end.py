@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 from commands import RECSYS, SMALL_CONFIG, run_recsys_here
 
@@ -49,8 +50,16 @@ def pipeline(small_pipeline: StateDir) -> Pipeline:
     return Pipeline(state, version, events, catalogue)
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    port: int
+    process: subprocess.Popen[str]
+
+
 @pytest.fixture(scope="module")
-def server(pipeline: Pipeline) -> Iterator[str]:
+def served(pipeline: Pipeline) -> Iterator[Served]:
+    """`recsys serve` with the default HTTP ingress (HAProxy in front of the ingress replica)."""
     port = _free_port()
     env = {**os.environ, "RECSYS_STATE_DIR": str(pipeline.state.root)}
     proc = subprocess.Popen(
@@ -75,13 +84,18 @@ def server(pipeline: Pipeline) -> Iterator[str]:
             time.sleep(1)
         else:
             pytest.fail("recsys serve did not become healthy within 240 s")
-        yield url
+        yield Served(url, port, proc)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(served: Served) -> str:
+    return served.url
 
 
 def test_pipeline_writes_every_stage_output(pipeline: Pipeline) -> None:
@@ -213,3 +227,24 @@ def test_three_horror_films_bring_more_horror_over_http(pipeline: Pipeline, serv
     metrics = httpx.get(f"{server}/metrics", timeout=10).text
     assert 'recsys_events_total{result="accepted"}' in metrics
     assert httpx.get(f"{server}/readyz", timeout=10).json()["status"] == "ready"
+
+
+def _listener(port: int) -> psutil.Process | None:
+    """The process listening on 127.0.0.1:`port`, if any."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid is not None:
+            return psutil.Process(conn.pid)
+    return None
+
+
+def test_sigterm_stops_serve_and_the_haproxy_in_front_of_it(served: Served) -> None:
+    """Last in this module: it stops the server. HAProxy holds the port while serving, and a SIGTERM
+    (what a service manager sends) shuts Serve down with it, leaving the port free."""
+    haproxy = _listener(served.port)
+    assert haproxy is not None and haproxy.name() == "haproxy", haproxy
+    assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
+    served.process.terminate()
+    assert served.process.wait(timeout=90) == 0
+    gone, _ = psutil.wait_procs([haproxy], timeout=30)
+    assert gone == [haproxy]
+    assert _listener(served.port) is None
