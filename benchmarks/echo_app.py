@@ -1,6 +1,9 @@
-"""The floor of the load benchmark: a trivial Ray Serve app, the same proxy and one replica, no work.
+"""The floor of the load benchmark: a trivial Ray Serve app, the same HTTP ingress and one replica, no work.
 
-    python benchmarks/echo_app.py --port 8001
+    python benchmarks/echo_app.py --port 8001 [--ingress haproxy|proxy]
+
+`--ingress` as `serve.http_ingress` (`serving.http_ingress`): HAProxy straight to the replica's own
+port (the default, as for `recsys serve`), or Serve's HTTP proxy actor.
 
 Answers `POST /recommend` with the request's user id and `GET /healthz` with ok, until interrupted.
 """
@@ -8,6 +11,7 @@ Answers `POST /recommend` with the request's user id and `GET /healthz` with ok,
 # No postponed annotations here: FastAPI must read the `Body` annotation through `serve.ingress`, which
 # it cannot resolve from a string.
 import argparse
+import os
 import signal
 import time
 from typing import Annotated, Any
@@ -15,6 +19,8 @@ from typing import Annotated, Any
 import ray
 from fastapi import Body, FastAPI
 from ray import serve
+
+from serving.http_ingress import ingress_environment
 
 api = FastAPI()
 
@@ -35,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy")
     args = parser.parse_args()
+    os.environ.update(ingress_environment(args.ingress))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(Echo.bind(), name="echo", route_prefix="/", blocking=False)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ afterwards, and seconds from Redis's return to the first answer that is not a fa
 deployment of the default "single" graph; `Ranking` in the "fused" and "split" graphs) is killed; counted:
 failed requests and seconds until the service answers without fallback again. Run it with
 `--set serve.ingress_replicas=2` to see a replica's loss with another one serving.
-Writes `benchmarks/results/faults.json` and `.md`.
+Writes `benchmarks/results/faults.json` and `.md` (`--name` names them otherwise).
 """
 
 from __future__ import annotations
@@ -251,6 +251,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=45.0)
     parser.add_argument("--faults", nargs="+", default=["redis", "replica"], choices=["redis", "replica"])
     parser.add_argument("--replica-of", default="Ingress", help="deployment whose replica is killed")
+    parser.add_argument("--name", default="faults", help="results file name under benchmarks/results")
     args = parser.parse_args()
     config = load_config(args.config, args.overrides)
     state = StateDir(config.state_dir)
@@ -337,6 +338,7 @@ def main() -> None:
             *(f"--set {o}" for o in args.overrides),
             f"--rate {args.rate} --duration {args.duration:g} --faults {' '.join(args.faults)}",
             *([f"--replica-of {args.replica_of}"] if "replica" in args.faults else []),
+            *([f"--name {args.name}"] if args.name != "faults" else []),
         ]
     )
     meta = run_meta(command, dataset_version=state.latest_dataset_version())
@@ -371,7 +373,7 @@ def main() -> None:
     lines += ["", "Stage failures by stage and exception class (`recsys_errors_total` after each run):", ""]
     lines += [f"- {name}: {r['stage_errors'] or 'none'}" for name, r in results.items()]
     text = "\n".join(lines)
-    save("faults", {**meta, "results": results}, text)
+    save(args.name, {**meta, "results": results}, text)
     print(text)
 
 

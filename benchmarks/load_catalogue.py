@@ -18,9 +18,10 @@ Then the echo floor and `recsys serve` (Redis, `serve.n_candidates=--candidates`
 open- and closed-loop ladder of `benchmarks/load.py`, from this process over HTTP, followed by each
 stage's timing over serial `debug=true` requests and the CPU per answered request of every process
 (replicas, proxy or HAProxy, other Ray processes, Redis, this load generator) over `--cpu-clients`
-closed-loop clients: where a request's time and the machine's cores go. The server is started once per
-`--ingress` value (`serve.http_ingress`, default both: HAProxy straight to the replica, then Serve's
-proxy actor), one after the other in the same run.
+closed-loop clients: where a request's time and the machine's cores go. The echo floor and the server
+are each started once per `--ingress` value (`serve.http_ingress`, default both: HAProxy straight to the
+replica, then Serve's proxy actor), one after the other in the same run; each server is compared with
+the echo app behind the same ingress.
 Writes `benchmarks/results/load_<items>.json` and `.md` (e.g. `load_1m`), or `<--name>.json` and `.md`.
 
 Run it on a state of its own: the grown model stays the retrieval champion afterwards (a rerun grows the
@@ -285,19 +286,24 @@ def markdown(meta: dict[str, Any], setup: dict[str, Any], levels: list[Level], b
         "",
         *level_table(levels, budget_ms),
     ]
-    floor = {(lv.mode, lv.level): lv for lv in levels if lv.target == ECHO}
+    # Each server against the echo app behind the same ingress (the name's suffix), level by level.
+    floor = {
+        (lv.target.removeprefix(ECHO), lv.mode, lv.level): lv for lv in levels if lv.target.startswith(ECHO)
+    }
     ratios = [
         f"{lv.target.removeprefix(SERVE).strip()} {lv.level} {'req/s' if lv.mode == 'rate' else 'clients'}: "
         f"p50 x{lv.p50_ms / echo.p50_ms:.1f}, "
         f"p99 x{lv.p99_ms / echo.p99_ms:.1f}"
         for lv in levels
         if lv.target.startswith(SERVE)
-        and (echo := floor.get((lv.mode, lv.level)))
+        and (echo := floor.get((lv.target.removeprefix(SERVE), lv.mode, lv.level)))
         and echo.p50_ms
         and echo.p99_ms
     ]
     if ratios:
-        lines.append(f"- recsys serve against the echo floor at the same level: {'; '.join(ratios)}")
+        lines.append(
+            f"- recsys serve against the echo floor behind the same ingress, same level: {'; '.join(ratios)}"
+        )
     for target, stages in (setup.get("stages_ms") or {}).items():
         lines += [
             "",
@@ -330,9 +336,9 @@ ECHO = "echo app (floor)"
 SERVE = "recsys serve"
 
 
-def serve_target(ingress: str, measured: list[str]) -> str:
-    """The results' name of the server run with `serve.http_ingress=ingress`."""
-    return f"{SERVE} ({ingress})" if len(measured) > 1 else SERVE
+def target_name(server: str, ingress: str, measured: list[str]) -> str:
+    """The results' name of `server` (ECHO or SERVE) run with `serve.http_ingress=ingress`."""
+    return f"{server} ({ingress})" if len(measured) > 1 else server
 
 
 def main() -> None:
@@ -419,16 +425,18 @@ def run(args: argparse.Namespace, port: int) -> None:
     levels: list[Level] = []
     logs = state.root / "load"
     logs.mkdir(parents=True, exist_ok=True)
-    echo_port = free_port()
-    echo = [sys.executable, str(HERE / "echo_app.py"), "--port", str(echo_port)]
-    base = f"http://{config.serve.host}:{echo_port}"
-    with running(echo, base, logs / "echo.log"):
-        levels += measure(ECHO, base, make, args.rates, args.concurrency, args.duration)
+    for ingress in args.ingress:
+        echo_port = free_port()
+        echo = [sys.executable, str(HERE / "echo_app.py"), "--port", str(echo_port), "--ingress", ingress]
+        base = f"http://{config.serve.host}:{echo_port}"
+        with running(echo, base, logs / f"echo-{ingress}.log"):
+            target = target_name(ECHO, ingress, args.ingress)
+            levels += measure(target, base, make, args.rates, args.concurrency, args.duration)
     base = f"http://{config.serve.host}:{config.serve.port}"
     stages: dict[str, Any] = {}
     cpu: dict[str, Any] = {}
     for ingress in args.ingress:
-        target = serve_target(ingress, args.ingress)
+        target = target_name(SERVE, ingress, args.ingress)
         serve_cmd = [
             sys.executable,
             "-m",
@@ -480,7 +488,7 @@ def run(args: argparse.Namespace, port: int) -> None:
         "levels": [asdict(lv) | {"throughput": lv.throughput} for lv in levels],
         "best_rate": {
             t: best_rate(levels, t, args.p99_budget_ms)
-            for t in (ECHO, *(serve_target(i, args.ingress) for i in args.ingress))
+            for t in (target_name(n, i, args.ingress) for n in (ECHO, SERVE) for i in args.ingress)
         },
     }
     save(args.name or f"load_{label(args.items)}", data, text)

@@ -22,7 +22,14 @@ from typing import Literal
 
 HttpIngress = Literal["haproxy", "proxy"]
 
-HAPROXY_SWITCHES = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+HAPROXY_SWITCHES = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # A request whose replica died before answering (the connection closed, nothing sent back) is sent
+    # to another replica, as Serve's proxy does, instead of failing. Safe here: a recommendation has no
+    # effect a replay harms, and events carry ids that ingest deduplicates.
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
+}
 # HAProxy's own listeners; fixed defaults (8404, 9101) would collide with a second server on the machine.
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 
@@ -45,8 +52,9 @@ def ingress_environment(mode: HttpIngress, environ: Mapping[str, str] | None = N
     >>> ingress_environment("proxy", {})
     {}
     >>> env = ingress_environment("haproxy", {"RAY_SERVE_ENABLE_HA_PROXY": "0"})
-    >>> sorted(env)
-    ['RAY_SERVE_HAPROXY_METRICS_PORT', 'RAY_SERVE_HAPROXY_STATS_PORT', 'RAY_SERVE_THROUGHPUT_OPTIMIZED']
+    >>> sorted(env)  # doctest: +NORMALIZE_WHITESPACE
+    ['RAY_SERVE_HAPROXY_METRICS_PORT', 'RAY_SERVE_HAPROXY_RETRY_ON', 'RAY_SERVE_HAPROXY_STATS_PORT',
+     'RAY_SERVE_THROUGHPUT_OPTIMIZED']
     """
     environ = os.environ if environ is None else environ
     if mode == "proxy":

@@ -16,6 +16,7 @@ def test_haproxy_mode_is_switched_on_with_free_ports_of_its_own() -> None:
     assert {name: env[name] for name in HAPROXY_SWITCHES} == {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
     }
     ports = [int(env[name]) for name in HAPROXY_PORTS]
     assert len(set(ports)) == 2
