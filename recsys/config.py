@@ -294,6 +294,10 @@ class EvaluateConfig(_Frozen):
     gate: GateConfig = GateConfig()
 
 
+# What takes HTTP in front of the ingress replicas (`serve.http_ingress`; serving.http_ingress).
+HttpIngress = Literal["haproxy", "proxy"]
+
+
 class ServeConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -302,7 +306,7 @@ class ServeConfig(_Frozen):
     # throughput-optimised mode: no proxy actor hop, and it follows replicas as they are replaced);
     # "proxy", Serve's HTTP proxy actor. On a cluster named by RAY_ADDRESS the cluster's own environment
     # decides (docs/serving.md, "Ray Serve settings").
-    http_ingress: Literal["haproxy", "proxy"] = "haproxy"
+    http_ingress: HttpIngress = "haproxy"
     n_candidates: int = Field(default=200, ge=10)
     max_k: int = Field(default=100, ge=1)
     # Past this, the answer is given in retrieval order (fallback) rather than late.

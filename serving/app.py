@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -655,9 +656,12 @@ def run_serve(config: PipelineConfig, blocking: bool = True) -> ServeSummary:
             # (proxy and controller too) inherit these from here; the environment may override them.
             for name, value in SERVE_LEVERS.items():
                 os.environ.setdefault(name, value)
-            os.environ.update(ingress_environment(config.serve.http_ingress))
-            # A cluster named by RAY_ADDRESS brings its own resources; a local one gets two CPUs.
-            num_cpus = None if os.environ.get("RAY_ADDRESS") else 2
+            # A cluster named by RAY_ADDRESS brings its own resources and its own ingress (its processes
+            # read their environment, not ours); a local one gets two CPUs and `serve.http_ingress`.
+            local = not os.environ.get("RAY_ADDRESS")
+            if local:
+                os.environ.update(ingress_environment(config.serve.http_ingress))
+            num_cpus = 2 if local else None
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
     with console.status("deploying retrieval, ranking and ingress"):
@@ -670,7 +674,8 @@ def run_serve(config: PipelineConfig, blocking: bool = True) -> ServeSummary:
     if blocking:
         # SIGTERM (a service manager, a container runtime) stops it as Ctrl-C does: Serve shuts down,
         # HAProxy with it, instead of being left holding the port.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        if threading.current_thread() is threading.main_thread():  # only there can it be handled
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while True:
                 time.sleep(1.0)

@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Literal
 
-HttpIngress = Literal["haproxy", "proxy"]
+from recsys.config import HttpIngress
 
 HAPROXY_SWITCHES = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
