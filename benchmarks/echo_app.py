@@ -14,12 +14,13 @@ import argparse
 import os
 import signal
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import ray
 from fastapi import Body, FastAPI
 from ray import serve
 
+from recsys.config import HttpIngress
 from serving.http_ingress import ingress_environment
 
 api = FastAPI()
@@ -41,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy")
+    parser.add_argument("--ingress", choices=get_args(HttpIngress), default="haproxy")
     args = parser.parse_args()
     os.environ.update(ingress_environment(args.ingress))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

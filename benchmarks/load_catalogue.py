@@ -41,7 +41,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from faults import start_redis
@@ -59,7 +59,7 @@ from load import (
 from saving import run_meta, save
 from serve_latency import latency_summary
 
-from recsys.config import PipelineConfig, load_config
+from recsys.config import HttpIngress, PipelineConfig, load_config
 from recsys.state import StateDir
 
 ITEM_KEY = "item_id"
@@ -364,8 +364,8 @@ def main() -> None:
     parser.add_argument(
         "--ingress",
         nargs="+",
-        choices=["haproxy", "proxy"],
-        default=["haproxy", "proxy"],
+        choices=get_args(HttpIngress),
+        default=list(get_args(HttpIngress)),
         help="serve.http_ingress values, each served and measured in turn",
     )
     args = parser.parse_args()
