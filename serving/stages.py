@@ -475,20 +475,23 @@ class RankingStage:
         found = read_keyed(self.model.feature_service, {USER_KEY: users, ITEM_KEY: items})
         if found is None:
             return None
-        user_frame, item_frame = found[USER_KEY], found[ITEM_KEY]
-        if len(user_frame) != len(users) or len(item_frame) != len(items):
+        user_values, item_values = found[USER_KEY], found[ITEM_KEY]
+        n_users, n_items = len(user_values[USER_KEY]), len(item_values[ITEM_KEY])
+        if n_users != len(users) or n_items != len(items):
             raise FeatureReadError(
-                f"online store returned {len(user_frame)} user and {len(item_frame)} item rows "
+                f"online store returned {n_users} user and {n_items} item rows "
                 f"for {len(users)} users and {len(items)} candidates"
             )
-        user_columns = [c for c in user_frame.columns if c != USER_KEY]
-        item_columns = [c for c in item_frame.columns if c != ITEM_KEY]
+        user_columns = [c for c in user_values if c != USER_KEY]
+        item_columns = [c for c in item_values if c != ITEM_KEY]
         if not all(c.startswith("user_") for c in user_columns) or any(
             c.startswith("user_") for c in item_columns
         ):
             return None  # views off the naming contract: let `split_features` sort the row read
         row_of = {user_id: row for row, user_id in enumerate(users)}
-        item_values = {c: item_frame[c].to_numpy() for c in item_frame.columns}
+        user_nulls = np.zeros(n_users, dtype=np.int64)  # each user's missing values
+        for c in user_columns:
+            user_nulls += pd.isna(user_values[c])
         parts: list[CandidateFeatures] = []
         offset = 0
         for user_id, cands in requests:
@@ -497,16 +500,13 @@ class RankingStage:
                 parts.append(CandidateFeatures({}, pd.DataFrame(), 0))
                 continue
             row = row_of[user_id]
-            user = {c: user_frame[c].iloc[row] for c in user_frame.columns}
+            user = {c: values[row] for c, values in user_values.items()}
             # Slices of the read's columns (no copy): each request's frame is its own rows.
-            items_part = pd.DataFrame(
-                {c: values[offset : offset + n] for c, values in item_values.items()}, copy=False
-            )
+            items_part = {c: values[offset : offset + n] for c, values in item_values.items()}
             # Counted as the row-wise read counts them: the user's missing values once per candidate row.
-            missing = count_missing(items_part, item_columns) + n * count_missing(
-                user_frame.iloc[row : row + 1], user_columns
-            )
-            parts.append(CandidateFeatures(user, items_part, missing))
+            missing = sum(int(pd.isna(items_part[c]).sum()) for c in item_columns)
+            missing += n * int(user_nulls[row])
+            parts.append(CandidateFeatures(user, pd.DataFrame(items_part, copy=False), missing))
             offset += n
         return parts
 

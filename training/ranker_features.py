@@ -245,9 +245,12 @@ def build_ranker_matrix(
     def item_column(name: str) -> np.ndarray:
         if name not in items.columns:
             return np.full(n, np.nan, dtype=np.float32)
-        values: np.ndarray = pd.to_numeric(items[name], errors="coerce").to_numpy(
-            dtype=np.float32, na_value=np.nan
-        )
+        column = items[name]
+        values: np.ndarray
+        if column.dtype.kind in "iuf":  # already numbers (what online reads give): no parsing pass
+            values = column.to_numpy(dtype=np.float32)
+        else:
+            values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
         return values
 
     out[:, col["item_log_n_events"]] = _log1p(item_column("item_n_events"))

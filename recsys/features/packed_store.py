@@ -462,12 +462,17 @@ class PackedReader:
         self.fallbacks += 1
         return PackedRead(self._fallback(service_name, entity_rows), {}, False)
 
-    def read_keyed(self, service_name: str, ids: dict[str, list[str]]) -> dict[str, pd.DataFrame] | None:
-        """Each join key's entities apart, in one read of the store: for key `k`, a frame of `ids[k]`
-        (repeats kept, in order) and the features of `k`'s group, in the service's order.
+    def read_keyed(
+        self, service_name: str, ids: dict[str, list[str]]
+    ) -> dict[str, dict[str, np.ndarray]] | None:
+        """Each join key's entities apart, in one read of the store: for key `k`, the columns of `ids[k]`
+        (repeats kept, in order): `k` itself, then the features of `k`'s group in the service's order,
+        each the array the column of ``read``'s frame holds.
 
-        What a ranking request needs without repeating its user's features on every candidate's row.
-        None when the packed values cannot answer (then ``read`` falls back row by row).
+        What a ranking request needs without repeating its user's features on every candidate's row, as
+        arrays rather than frames (the caller takes a few columns of many rows, or every column of one
+        row: a frame would be built only to be taken apart). None when the packed values cannot answer
+        (then ``read`` falls back row by row).
         """
         columns = {key: list(values) for key, values in ids.items()}
         if not columns or any(not values for values in columns.values()):
@@ -478,7 +483,10 @@ class PackedReader:
         if found is None:
             return None
         layout, features, _ = found
-        return {key: _frame({key: values}, features.get(key, {}), layout) for key, values in columns.items()}
+        return {
+            key: {key: _objects(values), **_ordered(features.get(key, {}), layout)}
+            for key, values in columns.items()
+        }
 
     def _attempt(
         self, service: str, columns: dict[str, list[Any]]
@@ -571,10 +579,19 @@ class PackedReader:
         return table
 
 
+def _ordered(features: dict[str, np.ndarray], layout: PackedLayout) -> dict[str, np.ndarray]:
+    """The features in the service's order."""
+    return {name: features[name] for name in layout.features if name in features}
+
+
 def _frame(keys: dict[str, list[Any]], features: dict[str, np.ndarray], layout: PackedLayout) -> pd.DataFrame:
     """The entity columns, then the features in the service's order (no copies)."""
-    ordered = {name: features[name] for name in layout.features if name in features}
-    return pd.DataFrame({**keys, **ordered}, copy=False)
+    return pd.DataFrame({**keys, **_ordered(features, layout)}, copy=False)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """An entity column as the object array a frame makes of it."""
+    return np.fromiter(values, dtype=object, count=len(values))
 
 
 def _positions(ids: list[str], distinct: list[str]) -> np.ndarray:
