@@ -69,10 +69,11 @@ def coview_scores(
         return np.full(n, np.nan, dtype=np.float32), np.full(n, np.nan, dtype=np.float32)
     # Iteration in C (chain, map) over every listed neighbour, no Python frame per neighbour or per
     # candidate: serving scores 500 candidates of up to COVIEW_NEIGHBOURS neighbours each per request.
-    # The frames serving builds hold Python lists; anything else goes through `_items` one by one.
-    if set(map(type, neighbours)) | set(map(type, counts)) <= {list}:
+    # The frames serving builds hold Python lists and None; anything else goes through `_items`.
+    if set(map(type, neighbours)) | set(map(type, counts)) <= {list, type(None)}:
         listed = [
-            (items, values) if items else _EMPTY for items, values in zip(neighbours, counts, strict=True)
+            (items, values) if items and values is not None else _EMPTY
+            for items, values in zip(neighbours, counts, strict=True)
         ]
     else:
         listed = [_listed(items, values) for items, values in zip(neighbours, counts, strict=True)]

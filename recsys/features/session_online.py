@@ -124,8 +124,10 @@ class OnlineSessions:
 
     def items(self, user_id: str) -> list[str]:
         """The user's last engaged items, oldest first; empty without a live session."""
-        row = self.read([user_id])[0]
-        return [str(item) for item in row[LAST_ITEMS]] if row is not None else []
+        # The one column, not `read`'s records: this runs on every recommendation request.
+        frame = self._read(SESSION_SERVICE, [{"user_id": user_id}])
+        last = frame[LAST_ITEMS].iloc[0] if LAST_ITEMS in frame.columns and len(frame) else None
+        return [str(item) for item in last] if last is not None else []
 
     def category_counts(self, user_id: str) -> list[float] | None:
         """Engaged events per genre over the 10 minutes before the last push; None without a session."""
