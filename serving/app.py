@@ -426,7 +426,9 @@ class Ingress:
         )
         self._retrieval = retrieval_backend
         self._ranking: _RankingHandle | InProcessRanking = (
-            _RankingHandle(ranking) if isinstance(ranking, DeploymentHandle) else InProcessRanking(ranking())
+            _RankingHandle(ranking)
+            if isinstance(ranking, DeploymentHandle)
+            else InProcessRanking(ranking(), settings.ranking_in_thread)
         )
         self._recommender = Recommender(
             retrieval_backend,

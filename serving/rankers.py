@@ -95,23 +95,25 @@ class Rankers:
 class InProcessRanking:
     """A `RankingBackend` over `Rankers` in this process.
 
-    Ranking runs in one worker thread: the event loop keeps taking requests meanwhile, and a caller's
-    deadline (`asyncio.wait_for`) still answers in retrieval order; a ranking not started by then is
-    dropped from the thread's queue rather than computed for nobody. Ranking on the event loop itself
-    saves the GIL hand-offs (~6 ms of CPU a request with 1M items: 42-47 against 33-38 req/s for one
-    replica at saturation), but then no deadline can fire while the loop ranks: past capacity (1M items,
-    one replica, 50 req/s offered) 3 of 750 answers were fallbacks against 628 with the thread, the rest
-    ranked seconds late.
+    With `in_thread` (the default), ranking runs in one worker thread: the event loop keeps taking
+    requests meanwhile, and a caller's deadline (`asyncio.wait_for`) still answers in retrieval order; a
+    ranking not started by then is dropped from the thread's queue rather than computed for nobody.
+    Without it, ranking runs on the event loop itself: no GIL hand-offs between the loop and the thread
+    (with 1M items ~25% less CPU per request), but no deadline can fire while the loop ranks, and past
+    capacity every request waits for the loop (docs/serving.md, "The graph", measures both).
     """
 
-    def __init__(self, rankers: Rankers) -> None:
+    def __init__(self, rankers: Rankers, in_thread: bool = True) -> None:
         self._rankers = rankers
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranking")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranking") if in_thread else None
 
     async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates:
         request = [(user_id, candidates, model)]
-        loop = asyncio.get_running_loop()
-        result = (await loop.run_in_executor(self._pool, self._rankers.rank_batch, request))[0]
+        if self._pool is None:
+            result = self._rankers.rank_batch(request)[0]
+        else:
+            loop = asyncio.get_running_loop()
+            result = (await loop.run_in_executor(self._pool, self._rankers.rank_batch, request))[0]
         self._rankers.submit_shadow(request, [result])
         if isinstance(result, Exception):
             raise result

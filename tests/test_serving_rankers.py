@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -97,3 +98,39 @@ def test_in_process_ranking_serves_variants_and_switches_champions() -> None:
     assert variant == ["i1", "i3", "i4"]  # the reversed variant, only for the request that names it
     assert version == "5" and after_version == "5" and after == ["i1", "i3", "i4"]
     assert base.version == "3"
+
+
+class ThreadRecordingRanker(CountRanker):
+    """Records the thread each scoring ran on."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def score(
+        self, user_features: dict[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
+    ) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        return super().score(user_features, item_features, retrieval_scores)
+
+
+def _same(stage: RankingStage) -> RankingStage:
+    return stage
+
+
+def test_ranking_runs_in_its_thread_or_on_the_event_loop_with_the_same_answer() -> None:
+    retrieval, _, _ = stages()
+    answers: dict[bool, list[str]] = {}
+    for in_thread in (True, False):
+        ranker = ThreadRecordingRanker()
+        _, stage, _ = stages(ranker)
+        backend = InProcessRanking(Rankers(partial(_same, stage)), in_thread=in_thread)
+
+        async def scenario(backend: InProcessRanking = backend) -> tuple[list[str], int]:
+            found = await LocalRetrieval(retrieval).candidates("u1", 10, 10)
+            ranked = await backend.rank("u1", found)
+            return ranked.item_ids, threading.get_ident()
+
+        answers[in_thread], loop_thread = asyncio.run(scenario())
+        assert len(ranker.threads) == 1
+        assert (ranker.threads[0] != loop_thread) is in_thread
+    assert answers[True] == answers[False] == ["i11", "i10", "i9", *answers[True][3:]]
