@@ -50,7 +50,13 @@ from serving.schemas import (
 )
 from serving.session import ENGAGED_EVENT_TYPES, SessionStore, SharedSessions
 from serving.shown import ShownWindow
-from serving.stages import Candidates, RankingStage, RetrievalStage, probabilities_of
+from serving.stages import (
+    DEADLINE_DETAIL,
+    Candidates,
+    RankingStage,
+    RetrievalStage,
+    probabilities_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +382,8 @@ class Recommender:
         try:
             # The request id travels with the candidates so shadow scoring can log against it; the
             # surface so a multi-task ranker mixes its heads for it.
-            sent = candidates.with_details(request_id=request_id, surface=request.surface)
+            deadline = {DEADLINE_DETAIL: time.monotonic() + self._ranking_timeout_s}
+            sent = candidates.with_details(request_id=request_id, surface=request.surface, **deadline)
             ranked = await asyncio.wait_for(
                 self._ranking.rank(request.user_id, sent, *variant), timeout=self._ranking_timeout_s
             )

@@ -33,6 +33,9 @@ SESSION_COLD_START = "session"
 SURFACE_DETAIL = "surface"
 # The live session's item ids (POST /events and the request), for a ranker whose item-kNN signal reads them.
 SESSION_ITEMS_DETAIL = "session_items"
+# When ranking must have started (time.monotonic() seconds), put in the candidates' details by the
+# ingress: ranking on the ingress's event loop skips a request whose deadline passed while it waited.
+DEADLINE_DETAIL = "ranking_deadline"
 # item id -> the ranker's calibrated P(engaged), put in the ranked candidates' details for the served log.
 PROBABILITIES_DETAIL = "probabilities"
 # Rankers whose `probabilities` read the very scores they serve: the LightGBM ranker's Platt map. A

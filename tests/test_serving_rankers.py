@@ -134,3 +134,42 @@ def test_ranking_runs_in_its_thread_or_on_the_event_loop_with_the_same_answer() 
         assert len(ranker.threads) == 1
         assert (ranker.threads[0] != loop_thread) is in_thread
     assert answers[True] == answers[False] == ["i11", "i10", "i9", *answers[True][3:]]
+
+
+class SleepingRanker(CountRanker):
+    """Holds the thread it runs on (the event loop, when ranking runs there) for `seconds`; counts calls."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls = 0
+
+    def score(
+        self, user_features: dict[str, Any], item_features: pd.DataFrame, retrieval_scores: np.ndarray
+    ) -> np.ndarray:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return super().score(user_features, item_features, retrieval_scores)
+
+
+def test_on_the_event_loop_a_ranking_that_waited_past_its_deadline_is_not_computed() -> None:
+    ranker = SleepingRanker(0.4)
+    retrieval, stage, _ = stages(ranker)
+    recommender = Recommender(
+        LocalRetrieval(retrieval),
+        InProcessRanking(Rankers(partial(_same, stage)), in_thread=False),
+        10,
+        20,
+        ranking_timeout_s=0.2,
+    )
+    request = RecommendRequest(user_id="u1", k=3)
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(recommender.recommend(request), recommender.recommend(request)))
+
+    first, second = asyncio.run(both())
+    # The first ranking started at once and held the loop past both deadlines: it ends and is served;
+    # the second waited for the loop past its deadline and is answered in retrieval order, not ranked.
+    assert first.fallback_reason is None
+    assert second.fallback_reason == "ranking_timeout"
+    assert [item.item_id for item in second.items] == ["i1", "i3", "i4"]
+    assert ranker.calls == 1
