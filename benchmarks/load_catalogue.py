@@ -347,7 +347,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     parser.add_argument("--items", type=int, default=1_000_000, help="simulated items to add")
     parser.add_argument("--candidates", type=int, default=500, help="serve.n_candidates")
-    parser.add_argument("--rates", type=int, nargs="+", default=[10, 25, 50, 100])
+    parser.add_argument("--rates", type=int, nargs="+", default=[10, 25, 50, 75, 100])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per level")
     parser.add_argument("--p99-budget-ms", type=float, default=200.0)
