@@ -317,7 +317,7 @@ class ServeConfig(_Frozen):
     # stage a deployment of its own.
     graph: Literal["single", "fused", "split"] = "single"
     # "single": rank in a worker thread of the ingress (the ranking deadline holds, and the event loop
-    # keeps answering past capacity) or, false, on its event loop (~25% less CPU per request with 1M
+    # keeps answering past capacity) or, false, on its event loop (~15% less CPU per request with 1M
     # items, but no deadline fires while the loop ranks; docs/serving.md, "The graph").
     ranking_in_thread: bool = True
     # Ingress replicas. Each keeps its own prediction cache, no-repeat window and /metrics counters.

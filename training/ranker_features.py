@@ -247,7 +247,7 @@ def build_ranker_matrix(
             return np.full(n, np.nan, dtype=np.float32)
         column = items[name]
         values: np.ndarray
-        if column.dtype.kind in "iuf":  # already numbers (what online reads give): no parsing pass
+        if isinstance(column.dtype, np.dtype) and column.dtype.kind in "iuf":  # numbers: no parsing pass
             values = column.to_numpy(dtype=np.float32)
         else:
             values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
