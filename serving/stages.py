@@ -175,14 +175,15 @@ def split_features(frame: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
     return user, frame.drop(columns=user_columns).reset_index(drop=True)
 
 
-def count_missing(frame: pd.DataFrame, columns: Sequence[str]) -> int:
-    """Null feature values among `columns` of `frame` (the model substitutes its defaults for them).
+def count_missing(frame: pd.DataFrame | Mapping[str, np.ndarray], columns: Sequence[str]) -> int:
+    """Null feature values among `columns` of `frame`, a frame or its columns' arrays (the model
+    substitutes its defaults for them).
 
     >>> count_missing(pd.DataFrame({"a": [1.0, None], "b": [None, None]}), ["a", "b"])
     3
     """
     # Column by column: selecting the columns as one frame first copies every one of them.
-    return sum(int(pd.isna(frame[c].to_numpy()).sum()) for c in columns if c in frame.columns)
+    return sum(int(pd.isna(np.asarray(frame[c])).sum()) for c in columns if c in frame)
 
 
 def _plain(value: Any) -> Any:
@@ -507,7 +508,7 @@ class RankingStage:
             # Slices of the read's columns (no copy): each request's frame is its own rows.
             items_part = {c: values[offset : offset + n] for c, values in item_values.items()}
             # Counted as the row-wise read counts them: the user's missing values once per candidate row.
-            missing = sum(int(pd.isna(items_part[c]).sum()) for c in item_columns)
+            missing = count_missing(items_part, item_columns)
             missing += n * int(user_nulls[row])
             parts.append(CandidateFeatures(user, pd.DataFrame(items_part, copy=False), missing))
             offset += n
