@@ -33,12 +33,6 @@ _first = itemgetter(0)
 _second = itemgetter(1)
 
 
-def _listed(items: Any, values: Any) -> tuple[list[Any], list[Any]]:
-    """One candidate's (neighbours, counts) as lists; both empty when either is missing or empty."""
-    listed, weights = _items(items), _items(values)
-    return (listed, weights) if listed and weights is not None else _EMPTY
-
-
 def coview_scores(
     recent_items: Sequence[str] | np.ndarray | None,
     neighbours: Iterable[Any],
@@ -69,14 +63,13 @@ def coview_scores(
         return np.full(n, np.nan, dtype=np.float32), np.full(n, np.nan, dtype=np.float32)
     # Iteration in C (chain, map) over every listed neighbour, no Python frame per neighbour or per
     # candidate: serving scores 500 candidates of up to COVIEW_NEIGHBOURS neighbours each per request.
-    # The frames serving builds hold Python lists and None; anything else goes through `_items`.
-    if set(map(type, neighbours)) | set(map(type, counts)) <= {list, type(None)}:
-        listed = [
-            (items, values) if items and values is not None else _EMPTY
-            for items, values in zip(neighbours, counts, strict=True)
-        ]
-    else:
-        listed = [_listed(items, values) for items, values in zip(neighbours, counts, strict=True)]
+    # The frames serving builds hold Python lists and None; other cells (arrays, NaN) go through `_items`.
+    if not set(map(type, neighbours)) | set(map(type, counts)) <= {list, type(None)}:
+        neighbours, counts = list(map(_items, neighbours)), list(map(_items, counts))
+    listed = [
+        (items, values) if items and values is not None else _EMPTY
+        for items, values in zip(neighbours, counts, strict=True)
+    ]
     lengths = np.fromiter(map(len, map(_first, listed)), dtype=np.int64, count=n)
     weight_lengths = np.fromiter(map(len, map(_second, listed)), dtype=np.int64, count=n)
     if not np.array_equal(lengths, weight_lengths):

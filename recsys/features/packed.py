@@ -407,7 +407,7 @@ def python_values(group: PackedGroup, records: Records) -> list[list[Any]]:
     return out
 
 
-def _objects(values: list[Any]) -> np.ndarray:
+def object_array(values: list[Any]) -> np.ndarray:
     """A 1-d object array of `values` (lists stay list cells, never a second axis)."""
     return np.fromiter(values, dtype=object, count=len(values))
 
@@ -416,10 +416,10 @@ def _per_row(per_record: list[Any], rows: np.ndarray, null: np.ndarray, distinct
     """Each row's list (None where null). When a record fills several rows (the user of a ranking
     request) each row gets its own copy, so that a caller changing one row's list changes no other."""
     if distinct:
-        cells = _objects(per_record)[np.where(null, 0, rows)]
+        cells = object_array(per_record)[np.where(null, 0, rows)]
         cells[null] = None
         return cells
-    return _objects([None if r < 0 else per_record[r].copy() for r in np.where(null, -1, rows).tolist()])
+    return object_array([None if r < 0 else per_record[r].copy() for r in np.where(null, -1, rows).tolist()])
 
 
 def _one_record(group: PackedGroup, records: Records, n: int) -> dict[str, np.ndarray]:
@@ -431,7 +431,7 @@ def _one_record(group: PackedGroup, records: Records, n: int) -> dict[str, np.nd
         if value is None:
             out[column.name] = np.full(n, None, dtype=object)
         elif isinstance(value, list):
-            out[column.name] = _objects([value.copy() for _ in range(n)])
+            out[column.name] = object_array([value.copy() for _ in range(n)])
         elif isinstance(value, str):
             out[column.name] = np.full(n, value, dtype=object)
         else:  # bool, int, float: what pandas makes of n equal Python values
@@ -468,7 +468,7 @@ def frame_columns(group: PackedGroup, records: Records, rows: np.ndarray) -> dic
             if column.is_list:
                 out[column.name] = _per_row(per_record, rows, null, distinct)
             else:
-                cells = _objects(per_record)[np.where(null, 0, rows)]
+                cells = object_array(per_record)[np.where(null, 0, rows)]
                 cells[null] = None
                 out[column.name] = cells
         elif column.is_list:

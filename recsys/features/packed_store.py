@@ -47,6 +47,7 @@ from recsys.features.packed import (
     decode_records,
     encode_records,
     frame_columns,
+    object_array,
 )
 from recsys.features.store import ENTITY_KEYS, FeatureRequestError, online_store_errors
 
@@ -484,7 +485,7 @@ class PackedReader:
             return None
         layout, features, _ = found
         return {
-            key: {key: _objects(values), **_ordered(features.get(key, {}), layout)}
+            key: {key: object_array(values), **_ordered(features.get(key, {}), layout)}
             for key, values in columns.items()
         }
 
@@ -587,11 +588,6 @@ def _ordered(features: dict[str, np.ndarray], layout: PackedLayout) -> dict[str,
 def _frame(keys: dict[str, list[Any]], features: dict[str, np.ndarray], layout: PackedLayout) -> pd.DataFrame:
     """The entity columns, then the features in the service's order (no copies)."""
     return pd.DataFrame({**keys, **_ordered(features, layout)}, copy=False)
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    """An entity column as the object array a frame makes of it."""
-    return np.fromiter(values, dtype=object, count=len(values))
 
 
 def _positions(ids: list[str], distinct: list[str]) -> np.ndarray:
