@@ -52,6 +52,7 @@ from serving.session import ENGAGED_EVENT_TYPES, SessionStore, SharedSessions
 from serving.shown import ShownWindow
 from serving.stages import (
     DEADLINE_DETAIL,
+    POSITIONS_DETAIL,
     Candidates,
     RankingStage,
     RetrievalStage,
@@ -381,9 +382,13 @@ class Recommender:
         queue.inc()
         try:
             # The request id travels with the candidates so shadow scoring can log against it; the
-            # surface so a multi-task ranker mixes its heads for it.
-            deadline = {DEADLINE_DETAIL: time.monotonic() + self._ranking_timeout_s}
-            sent = candidates.with_details(request_id=request_id, surface=request.surface, **deadline)
+            # surface so a multi-task ranker mixes its heads for it; the deadline and the positions the
+            # answer can show so ranking skips late work and re-ranks no further than the answer reaches.
+            limits = {
+                DEADLINE_DETAIL: time.monotonic() + self._ranking_timeout_s,
+                POSITIONS_DETAIL: self._positions(request.k),
+            }
+            sent = candidates.with_details(request_id=request_id, surface=request.surface, **limits)
             ranked = await asyncio.wait_for(
                 self._ranking.rank(request.user_id, sent, *variant), timeout=self._ranking_timeout_s
             )
@@ -399,6 +404,12 @@ class Recommender:
             queue.dec()
         build.record(ranked, "ranking", started)
         return build(ranked, candidates.model_version, None)
+
+    def _positions(self, k: int) -> int:
+        """How many leading positions of the ranked list the answer can show: exploration draws from
+        its pool."""
+        exploration = self.state.exploration
+        return k if exploration.policy == "off" else max(k, exploration.pool)
 
     def _remember_propensities(self, response: RecommendResponse) -> None:
         if self.state.exploration.policy == "off":

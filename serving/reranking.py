@@ -20,8 +20,9 @@ across requests; the order, not the score, carries the re-ranking.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import pandas as pd
@@ -147,36 +148,43 @@ def mmr_order(relevance: np.ndarray, vectors: np.ndarray | None, lam: float, dep
     >>> mmr_order(np.array([1.0, 0.9, 0.8]), vectors, 0.5, 3).tolist()
     [0, 2, 1]
     """
-    relevance = np.asarray(relevance, dtype=np.float64)
+    picks = _mmr_picks(np.asarray(relevance, dtype=np.float64), vectors, lam, depth)
+    return np.fromiter(picks, dtype=np.int64, count=len(relevance))
+
+
+def _mmr_picks(relevance: np.ndarray, vectors: np.ndarray | None, lam: float, depth: int) -> Iterator[int]:
+    """`mmr_order` as a stream: each pick is computed when it is asked for, so a caller that needs the
+    first few positions pays for those only."""
     n = len(relevance)
     by_relevance = np.argsort(-relevance, kind="stable")
     if vectors is None or lam >= 1.0 or n < 2:
-        return by_relevance
+        yield from by_relevance.tolist()
+        return
     unit = _unit_rows(vectors)
-    similarity = unit @ unit.T  # (n, n) cosine
     weight = 1.0 - lam
     gain = lam * relevance
     # value = gain - weight * (max similarity to the picks), kept as the minimum over the picks of
     # gain - weight * similarity: the same numbers (rounding is monotone), fewer passes per step.
     # Before the first pick there is nothing to be similar to: the first step is pure relevance.
     value = gain.copy()
+    similarity = np.empty(n)
     candidate = np.empty(n)
     taken = np.zeros(n, dtype=bool)
-    picked = np.empty(min(depth, n), dtype=np.int64)
-    for step in range(len(picked)):
+    for step in range(min(depth, n)):
         best = int(np.argmax(value))
-        picked[step] = best
         taken[best] = True
-        # In place: this loop is the per-request cost of re-ranking, about n steps of O(n) work.
-        np.multiply(similarity[best], weight, out=candidate)
+        yield best
+        # In place: this loop is the per-request cost of re-ranking, one O(n) step per pick. The cosine
+        # row of each pick only, not the (n, n) matrix, since most answers stop after a few picks.
+        np.dot(unit, unit[best], out=similarity)
+        np.multiply(similarity, weight, out=candidate)
         np.subtract(gain, candidate, out=candidate)
         if step == 0:
             value[:] = candidate
         else:
             np.fmin(value, candidate, out=value)  # fmin: a pick stays -inf even against a NaN
         value[best] = -np.inf
-    rest = by_relevance[~taken[by_relevance]]
-    return np.concatenate([picked, rest])
+    yield from by_relevance[~taken[by_relevance]].tolist()
 
 
 def cap_categories(
@@ -192,24 +200,32 @@ def cap_categories(
     >>> cap_categories(np.arange(4), cats, 2, 3).tolist()
     [0, 1, 3, 2]
     """
-    members = np.asarray(categories, dtype=np.float64)[order] > 0  # (n, n_categories), in `order`
+    capped = _capped(iter(np.asarray(order).tolist()), categories, max_per_category, window)
+    return np.fromiter(capped, dtype=np.int64, count=len(order))
+
+
+def _capped(
+    order: Iterator[int], categories: np.ndarray, max_per_category: int, window: int
+) -> Iterator[int]:
+    """`cap_categories` as a stream, drawing on `order` only as far as the positions asked for need."""
+    members = np.asarray(categories) > 0  # (n, n_categories)
     counts = np.zeros(members.shape[1], dtype=np.int64)
-    kept: list[int] = []
     held: list[int] = []
-    position = 0
-    for position in range(len(order)):
-        if len(kept) == window:
-            break
-        row = members[position]
-        if (counts[row] >= max_per_category).any():
-            held.append(position)
+    kept = 0
+    for row in order:
+        if kept == window:  # the window is full: the held items, then everything else as it comes
+            yield from held
+            yield row
+            yield from order
+            return
+        member = members[row]
+        if (counts[member] >= max_per_category).any():
+            held.append(row)
         else:
-            kept.append(position)
-            counts += row
-    else:
-        position = len(order)
-    positions = np.array(kept + held + list(range(position, len(order))), dtype=np.int64)
-    return np.asarray(order)[positions]
+            kept += 1
+            counts += member
+            yield row
+    yield from held
 
 
 def apply_pins(
@@ -284,16 +300,23 @@ def rerank(
         )
     if bonus is not None:
         relevance = relevance + np.nan_to_num(np.asarray(bonus, dtype=np.float64)[rows])
-    vectors = kept.embeddings if kept.embeddings is not None else kept.categories
-    order = mmr_order(relevance, vectors, config.mmr_lambda, config.depth)
-    if kept.categories is not None and config.max_per_category is not None:
-        order = cap_categories(order, kept.categories, config.max_per_category, config.cap_window)
+    order = _diverse_order(relevance, kept, config, k)
     ids = [kept_ids[r] for r in order]
     out = kept_scores[order].tolist()
     if config.pins:
         banned = set(config.blocklist).union(exclude)
         ids, out = apply_pins(ids, out, [p for p in config.pins if p.item_id not in banned])
     return ids[:k], out[:k]
+
+
+def _diverse_order(relevance: np.ndarray, info: ItemInfo, config: RerankConfig, k: int | None) -> list[int]:
+    """MMR, then the category caps: row indices in the order to show them, the first `k` only when `k`
+    is set and no pin can move a lower row up (then only the picks those positions need are made)."""
+    vectors = info.embeddings if info.embeddings is not None else info.categories
+    order = _mmr_picks(relevance, vectors, config.mmr_lambda, config.depth)
+    if info.categories is not None and config.max_per_category is not None:
+        order = _capped(order, info.categories, config.max_per_category, config.cap_window)
+    return list(order if k is None or config.pins else islice(order, k))
 
 
 class RecentlyShown:
@@ -366,6 +389,8 @@ class ItemVectors:
     >>> vectors = ItemVectors(["a", "b"], np.array([[3.0, 4.0], [0.0, 2.0]]))
     >>> vectors.lookup(["b", "zz"]).tolist()
     [[0.0, 1.0], [0.0, 0.0]]
+    >>> vectors.lookup(["b", "a"], rows=np.array([1, 0])).tolist()
+    [[0.0, 1.0], [0.6, 0.8]]
     """
 
     def __init__(self, item_ids: Sequence[str], embeddings: np.ndarray) -> None:
@@ -376,11 +401,29 @@ class ItemVectors:
         # makes every lookup a cache miss, and a request looks up all its candidates.
         self._ids = pd.Index(list(row), dtype=object)
         self._rows = np.fromiter(row.values(), dtype=np.int64, count=len(row))
+        self._catalog = np.array(item_ids, dtype=object)  # row j's id
         # A zero row at the end stands for unknown items: similar to nothing.
         self._matrix = np.vstack([_unit_rows(embeddings), np.zeros((1, embeddings.shape[1]))])
 
-    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
-        """(n, dim) unit vectors; zeros for ids without an embedding."""
+    def lookup(self, item_ids: Sequence[str], rows: np.ndarray | None = None) -> np.ndarray:
+        """(n, dim) unit vectors; zeros for ids without an embedding.
+
+        `rows`, the ids' rows of the catalogue these vectors were built from (retrieval's own), spare
+        the hash lookups when they hold: they are checked to name these very ids, and ignored otherwise
+        (another model version's catalogue, say).
+        """
+        if rows is not None and self._names(item_ids, rows):
+            hinted: np.ndarray = self._matrix[rows]
+            return hinted
         found = self._ids.get_indexer(pd.Index(item_ids, dtype=object))
-        rows = np.where(found >= 0, self._rows[found], len(self._matrix) - 1)
-        return self._matrix[rows]
+        matched: np.ndarray = self._matrix[np.where(found >= 0, self._rows[found], len(self._matrix) - 1)]
+        return matched
+
+    def _names(self, item_ids: Sequence[str], rows: np.ndarray) -> bool:
+        """Whether catalogue `rows` hold exactly `item_ids`, in order."""
+        rows = np.asarray(rows)
+        if rows.shape != (len(item_ids),) or rows.dtype.kind not in "iu":
+            return False
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self._catalog)):
+            return False
+        return bool((self._catalog[rows] == np.array(item_ids, dtype=object)).all())

@@ -36,6 +36,13 @@ SESSION_ITEMS_DETAIL = "session_items"
 # When ranking must have started (time.monotonic() seconds), put in the candidates' details by the
 # ingress: ranking on the ingress's event loop skips a request whose deadline passed while it waited.
 DEADLINE_DETAIL = "ranking_deadline"
+# How many leading positions of the ranked list the answer can show (k, or exploration's pool when it is
+# larger), put in the candidates' details by the ingress: re-ranking returns only those, and MMR picks
+# no deeper than they need. Absent: the whole list is re-ranked and returned.
+POSITIONS_DETAIL = "positions"
+# The candidates' rows of the retrieval model's catalogue, row-aligned with their ids, put in the details
+# by retrieval: re-ranking takes their embeddings by row (`ItemVectors.lookup` checks they name the ids).
+CATALOG_ROWS_DETAIL = "catalog_rows"
 # item id -> the ranker's calibrated P(engaged), put in the ranked candidates' details for the served log.
 PROBABILITIES_DETAIL = "probabilities"
 # Rankers whose `probabilities` read the very scores they serve: the LightGBM ranker's Platt map. A
@@ -77,7 +84,7 @@ class Candidates:
     def top(self, k: int) -> Candidates:
         """The first `k` items."""
         return Candidates(
-            self.item_ids[:k], self.scores[:k], self.model_version, self.fallback_reason, self.details
+            self.item_ids[:k], self.scores[:k], self.model_version, self.fallback_reason, self._rows(slice(k))
         )
 
     def with_details(self, **details: Any) -> Candidates:
@@ -95,8 +102,15 @@ class Candidates:
             [self.scores[j] for j in keep],
             self.model_version,
             self.fallback_reason,
-            self.details,
+            self._rows(keep),
         )
+
+    def _rows(self, kept: slice | list[int]) -> Mapping[str, Any]:
+        """The details, with the catalogue rows (when retrieval put them there) cut as the ids are."""
+        rows = self.details.get(CATALOG_ROWS_DETAIL)
+        if rows is None:
+            return self.details
+        return {**self.details, CATALOG_ROWS_DETAIL: np.asarray(rows)[kept]}
 
 
 def order_by_score(item_ids: list[str], scores: np.ndarray) -> tuple[list[str], list[float]]:
@@ -136,8 +150,11 @@ def probabilities_of(candidates: Candidates, item_ids: Sequence[str]) -> list[fl
     return [float(known[item]) for item in item_ids]
 
 
-def item_info(items: pd.DataFrame, item_ids: list[str], vectors: ItemVectors | None) -> ItemInfo:
-    """What re-ranking needs from the candidates' online item features (and the retrieval embeddings).
+def item_info(
+    items: pd.DataFrame, item_ids: list[str], vectors: ItemVectors | None, rows: np.ndarray | None = None
+) -> ItemInfo:
+    """What re-ranking needs from the candidates' online item features (and the retrieval embeddings, by
+    the candidates' catalogue `rows` when retrieval gave them).
 
     Columns the read did not return are left out (None), which switches the rules using them off.
 
@@ -153,7 +170,7 @@ def item_info(items: pd.DataFrame, item_ids: list[str], vectors: ItemVectors | N
         if AGE_COLUMN in items.columns
         else None
     )
-    embeddings = vectors.lookup(item_ids) if vectors is not None else None
+    embeddings = vectors.lookup(item_ids, rows) if vectors is not None else None
     return ItemInfo(embeddings=embeddings, categories=categories, age_days=age)
 
 
@@ -310,15 +327,30 @@ class RetrievalStage:
         found = (
             self._session_retrieve(user_id, features, session_item_ids, n) if profile is not None else None
         )
-        ids, scores = found if found is not None else self.model.retrieve(user_id, features, n)
+        ids, scores, rows = found if found is not None else self._retrieve(user_id, features, n)
         timings["retrieve"] = _ms(started)
-        return Candidates(list(ids), [float(s) for s in scores], self.version, None, details)
+        if rows is not None:
+            details[CATALOG_ROWS_DETAIL] = rows
+        return Candidates(ids, [float(s) for s in scores], self.version, None, details)
+
+    def _retrieve(
+        self, user_id: str, features: dict[str, Any], n: int
+    ) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """The model's top `n`, with their catalogue rows when the model gives them."""
+        model: Any = self.model
+        catalog: list[str] | None = getattr(model, "catalog", None)
+        if catalog is None or not hasattr(model, "retrieve_rows"):
+            ids, scores = model.retrieve(user_id, features, n)
+            return list(ids), scores, None
+        rows, scores = model.retrieve_rows(user_id, features, n)
+        return list(map(catalog.__getitem__, rows.tolist())), scores, rows
 
     def _session_retrieve(
         self, user_id: str, features: dict[str, Any], session_item_ids: Sequence[str], n: int
-    ) -> tuple[list[str], np.ndarray] | None:
-        """FAISS top-n for a query moved towards the session: the user embedding and the mean embedding
-        of the session's items, each as a unit vector, mixed by the session weight.
+    ) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+        """FAISS top-n (ids, scores, catalogue rows) for a query moved towards the session: the user
+        embedding and the mean embedding of the session's items, each as a unit vector, mixed by the
+        session weight.
 
         The genre affinity alone moves the user tower only as far as training taught it to; the items'
         own embeddings carry the session into retrieval whatever the model learnt. None when the model
@@ -342,7 +374,8 @@ class RetrievalStage:
         banned = {self._catalog_rows[i] for i in model.seen_items(user_id) if i in self._catalog_rows}
         found, scores = model.index.search(query[None, :].astype(np.float32), n, exclude=[banned | set(rows)])
         keep = found[0] >= 0
-        return [catalog[int(r)] for r in found[0][keep]], scores[0][keep]
+        rows_found = found[0][keep]
+        return list(map(catalog.__getitem__, rows_found.tolist())), scores[0][keep], rows_found
 
     def popular(self, n: int) -> Candidates:
         ids, scores = self.model.popular(n)
@@ -574,9 +607,11 @@ class RankingStage:
         timings["rank"] = _ms(started)
         started = time.perf_counter()
         if self._rerank is not None:
-            info = item_info(items, candidates.item_ids, self._vectors)
+            rows = candidates.details.get(CATALOG_ROWS_DETAIL)
+            info = item_info(items, candidates.item_ids, self._vectors, rows)
             bonus = self._session_bonus(candidates, info)
-            ids, ordered = rerank(candidates.item_ids, scores, info, self._rerank, bonus=bonus)
+            shown = candidates.details.get(POSITIONS_DETAIL)
+            ids, ordered = rerank(candidates.item_ids, scores, info, self._rerank, k=shown, bonus=bonus)
         else:
             ids, ordered = order_by_score(candidates.item_ids, scores)
         timings["rerank"] = _ms(started)

@@ -152,6 +152,52 @@ def test_rerank_is_a_deterministic_subset_without_repeats(
     assert out_scores == [scores[int(i[1:])] for i in out_ids]
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(0, 60),
+    k=st.integers(0, 30),
+    depth=st.integers(1, 70),
+    cap=st.none() | st.integers(1, 2),
+    window=st.integers(1, 30),
+    n_pins=st.integers(0, 3),
+    by_genre=st.booleans(),
+)
+def test_the_first_k_positions_are_those_of_the_whole_list(
+    seed: int, n: int, k: int, depth: int, cap: int | None, window: int, n_pins: int, by_genre: bool
+) -> None:
+    # With k, MMR stops once the first k positions are settled; it must settle them as picking every
+    # row would, whatever the caps held back (few categories, so long scans) and the pins moved.
+    rng = np.random.default_rng(seed)
+    ids = [f"i{j}" for j in range(n)]
+    scores = rng.integers(0, 5, n).astype(float)
+    genres = (rng.random((n, 2)) < 0.6).astype(float)
+    info = ItemInfo(embeddings=None if by_genre else rng.normal(size=(n, 3)), categories=genres)
+    pins = tuple(
+        Pin(item_id=f"i{int(rng.integers(0, 80))}", position=int(rng.integers(1, 40))) for _ in range(n_pins)
+    )
+    config = RerankConfig(
+        mmr_lambda=0.5, depth=depth, max_per_category=cap, cap_window=window, pins=pins, freshness_weight=0.0
+    )
+    whole = rerank(ids, scores, info, config)
+    assert rerank(ids, scores, info, config, k=k) == (whole[0][:k], whole[1][:k])
+
+
+def test_with_k_a_cap_scan_past_k_still_sees_the_picks_in_mmr_order() -> None:
+    # a and b (genre 0) lead; c (genre 1) duplicates a's embedding, d (genre 1) points elsewhere. Full
+    # MMR at half lambda picks a, b, then d over its near-duplicate c: [a, b, d, c, e]. One per genre in
+    # a window of two shows a then d. With k=2 the caps' scan must go past two picks, and the third
+    # must be MMR's (d), not the next by relevance (c).
+    ids = ["a", "b", "c", "d", "e"]
+    scores = np.array([1.0, 0.95, 0.9, 0.5, 0.0])
+    embeddings = np.array([[1.0, 0, 0], [0, 1.0, 0], [1.0, 0, 0], [0, 0, 1.0], [0, 0, 1.0]])
+    genres = np.array([[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0], [1.0, 0]])
+    info = ItemInfo(embeddings=embeddings, categories=genres)
+    config = RerankConfig(mmr_lambda=0.5, max_per_category=1, cap_window=2, freshness_weight=0.0)
+    assert rerank(ids, scores, info, config)[0][:2] == ["a", "d"]
+    assert rerank(ids, scores, info, config, k=2) == (["a", "d"], [1.0, 0.5])
+
+
 def test_misaligned_inputs_are_rejected() -> None:
     with pytest.raises(RerankError, match="3 item ids but scores of shape"):
         rerank(["a", "b", "c"], np.zeros(2), ItemInfo(), RerankConfig())
@@ -197,3 +243,13 @@ def test_item_vectors_look_up_in_request_order_with_unknowns_and_repeats() -> No
     # a repeated catalogue id keeps its last row; unknown ids get the zero row; order is the request's
     assert found.tolist() == [[0.0, 1.0], [0.0, 0.0], [0.0, -1.0], [0.0, 1.0], [0.0, 0.0]]
     assert vectors.lookup([]).shape == (0, 2)
+
+
+def test_item_vectors_take_catalogue_rows_only_where_they_name_the_ids() -> None:
+    vectors = ItemVectors(["a", "b", "c"], np.array([[1.0, 0.0], [0.0, 3.0], [0.0, -2.0]]))
+    assert vectors.lookup(["c", "a"], rows=np.array([2, 0])).tolist() == [[0.0, -1.0], [1.0, 0.0]]
+    by_id = vectors.lookup(["c", "a", "zz"]).tolist()
+    # Rows of another catalogue, out of range, of another length or not integers: the ids decide.
+    for rows in ([0, 2, 1], [2, 0, 3], [2, 0, -1], [2, 0], [2.0, 0.0, 1.0]):
+        assert vectors.lookup(["c", "a", "zz"], rows=np.array(rows)).tolist() == by_id
+    assert vectors.lookup([], rows=np.zeros(0, dtype=np.int64)).shape == (0, 2)

@@ -12,10 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.api import create_api, describe_errors
-from serving.recommender import LocalRanking, LocalRetrieval, Recommender
+from serving.exploration import ExplorationConfig
+from serving.recommender import IngressState, LocalRanking, LocalRetrieval, Recommender
+from serving.reranking import ItemVectors, RerankConfig
 from serving.roles import RankingModel, RetrievalModel
 from serving.schemas import RecommendRequest, RecommendResponse
-from serving.stages import Candidates, RankingStage, RetrievalStage
+from serving.stages import POSITIONS_DETAIL, Candidates, RankingStage, RetrievalStage
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
@@ -436,3 +438,42 @@ def test_no_limit_admits_every_request() -> None:
         return list(await asyncio.gather(*tasks))
 
     assert not any(response.fallback for response in asyncio.run(scenario()))
+
+
+EPSILON = ExplorationConfig(policy="epsilon", epsilon=0.5, pool=8)
+
+
+class RecordingRanking(LocalRanking):
+    """The in-process ranking backend, keeping what each request handed it and what it answered."""
+
+    def __init__(self, stage: RankingStage) -> None:
+        super().__init__(stage)
+        self.sent: list[Candidates] = []
+        self.ranked: list[Candidates] = []
+
+    async def rank(self, user_id: str, candidates: Candidates, model: str | None = None) -> Candidates:
+        self.sent.append(candidates)
+        self.ranked.append(await super().rank(user_id, candidates, model))
+        return self.ranked[-1]
+
+
+@pytest.mark.parametrize(("exploration", "positions"), [(ExplorationConfig(), 3), (EPSILON, 8)])
+def test_ranking_re_ranks_only_the_positions_the_answer_can_show(
+    exploration: ExplorationConfig, positions: int
+) -> None:
+    # k=3 shows three positions; epsilon exploration draws the three from the first `pool` (8).
+    retrieval, _, reader = stages()
+    vectors = ItemVectors(ITEMS, np.random.default_rng(0).normal(size=(len(ITEMS), 3)))
+    config = RerankConfig(mmr_lambda=0.5)
+    full = RankingStage(CountRanker(), reader, rerank_config=config, item_vectors=vectors)
+    stage = RankingStage(CountRanker(), reader, rerank_config=config, item_vectors=vectors)
+    ranking = RecordingRanking(stage)
+    state = IngressState(exploration=exploration, seed=0)
+    recommender = Recommender(LocalRetrieval(retrieval), ranking, n_candidates=10, max_k=20, state=state)
+    body = client_for(recommender).post("/recommend", json={"user_id": "u1", "k": 3}).json()
+    assert len(body["items"]) == 3 and not body["fallback"]
+    (sent,), (ranked,) = ranking.sent, ranking.ranked
+    assert sent.details[POSITIONS_DETAIL] == positions and len(sent.item_ids) == 10
+    whole = full.rank("u1", sent.with_details(**{POSITIONS_DETAIL: None}))
+    assert ranked.item_ids == whole.item_ids[:positions] and ranked.scores == whole.scores[:positions]
+    assert len(whole.item_ids) == 10 and whole.item_ids != sorted(whole.item_ids, key=ITEMS.index)[::-1]

@@ -10,7 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from serving.schemas import RecommendRequest, request_model
-from serving.stages import Candidates, FeatureReadError, RankingStage, order_by_score, split_features
+from serving.stages import (
+    CATALOG_ROWS_DETAIL,
+    Candidates,
+    FeatureReadError,
+    RankingStage,
+    order_by_score,
+    split_features,
+)
 
 
 def test_order_by_score_is_descending_and_stable_on_ties() -> None:
@@ -43,6 +50,15 @@ def test_candidates_check_lengths_and_cut() -> None:
         Candidates(["a"], [1.0, 2.0], "1")
     top = Candidates(["a", "b", "c"], [3.0, 2.0, 1.0], "1", "unknown_user").top(2)
     assert top == Candidates(["a", "b"], [3.0, 2.0], "1", "unknown_user")
+
+
+def test_candidates_cut_their_catalogue_rows_with_their_ids() -> None:
+    rows = {CATALOG_ROWS_DETAIL: np.array([7, 4, 9])}
+    found = Candidates(["a", "b", "c"], [3.0, 2.0, 1.0], "1", details=rows)
+    kept = found.without(frozenset({"b"}))
+    assert kept.item_ids == ["a", "c"] and kept.details[CATALOG_ROWS_DETAIL].tolist() == [7, 9]
+    assert found.top(1).details[CATALOG_ROWS_DETAIL].tolist() == [7]
+    assert found.details[CATALOG_ROWS_DETAIL].tolist() == [7, 4, 9]  # the original is left alone
 
 
 class ShortReads:

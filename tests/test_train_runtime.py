@@ -51,8 +51,10 @@ def test_retrieve_never_returns_seen_items(tmp_path: Path) -> None:
     items, scores = model.retrieve("u1", {"user_genre_affinity": [1.0 / len(GENRES)] * len(GENRES)}, 5)
     assert sorted(items) == ["i3", "i4", "i5"]
     assert list(scores) == sorted(scores, reverse=True)
-    items, _ = model.retrieve("u1", {}, 5, exclude={"i3"})
+    items, scores = model.retrieve("u1", {}, 5, exclude={"i3"})
     assert sorted(items) == ["i4", "i5"]
+    rows, row_scores = model.retrieve_rows("u1", {}, 5, exclude={"i3"})
+    assert rows.tolist() == [CATALOG.index(i) for i in items] and row_scores.tolist() == scores.tolist()
 
 
 def test_retrieve_scores_match_the_towers(tmp_path: Path) -> None:

@@ -356,12 +356,19 @@ class RetrievalModel:
             n: how many items.
             exclude: further item ids to leave out (e.g. just shown).
         """
+        rows, scores = self.retrieve_rows(user_id, user_features, n, exclude)
+        return list(map(self.catalog.__getitem__, rows.tolist())), scores
+
+    def retrieve_rows(
+        self, user_id: str, user_features: Mapping[str, Any], n: int, exclude: set[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`retrieve`'s items as their rows of `catalog` (and of `item_embeddings`), and their scores."""
         query = self.embed_users([user_id], pd.DataFrame([dict(user_features)]))  # (1, dim)
         banned = self.seen_items(user_id) | (exclude or set())
         rows = {self._catalog_row[i] for i in banned if i in self._catalog_row}
-        ids, scores = self.index.search(query, n, exclude=[rows])
-        keep = ids[0] >= 0
-        return [self.catalog[r] for r in ids[0][keep]], scores[0][keep]
+        found, scores = self.index.search(query, n, exclude=[rows])
+        keep = found[0] >= 0
+        return found[0][keep], scores[0][keep]
 
     def add_items(self, item_ids: list[str], features: pd.DataFrame) -> int:
         """Make new catalogue items retrievable without a rebuild; returns how many were new.
