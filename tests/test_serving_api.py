@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serving.api import create_api, describe_errors
+from serving.api import RequestCounter, create_api, describe_errors
 from serving.exploration import ExplorationConfig
 from serving.recommender import IngressState, LocalRanking, LocalRetrieval, Recommender
 from serving.reranking import ItemVectors, RerankConfig
@@ -477,3 +478,24 @@ def test_ranking_re_ranks_only_the_positions_the_answer_can_show(
     whole = full.rank("u1", sent.with_details(**{POSITIONS_DETAIL: None}))
     assert ranked.item_ids == whole.item_ids[:positions] and ranked.scores == whole.scores[:positions]
     assert len(whole.item_ids) == 10 and whole.item_ids != sorted(whole.item_ids, key=ITEMS.index)[::-1]
+
+
+def test_request_counter_counts_routes_statuses_and_failures() -> None:
+    counted: list[tuple[str, int]] = []
+    app = FastAPI()
+
+    @app.get("/ok/{name}")
+    async def ok(name: str) -> dict[str, str]:
+        return {"name": name}
+
+    @app.get("/broken")
+    async def broken() -> None:
+        raise RuntimeError("bug")
+
+    app.add_middleware(RequestCounter, count=lambda route, code: counted.append((route, code)))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        assert test_client.get("/ok/x").status_code == 200
+        assert test_client.get("/nowhere").status_code == 404
+        assert test_client.get("/broken").status_code == 500
+    # The route's template, not the path; a failure before any answer counts as 500.
+    assert counted == [("/ok/{name}", 200), ("unmatched", 404), ("/broken", 500)]
