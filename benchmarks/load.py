@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,13 @@ def wait_healthy(base: str, process: subprocess.Popen[bytes], timeout_s: float =
 
 @contextmanager
 def running(command: list[str], base: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A server subprocess, healthy on entry, interrupted (then killed if it lingers) on exit."""
+    """A server subprocess, healthy on entry, interrupted (then killed if it lingers) on exit.
+
+    The interrupt goes to the server alone: it shuts Serve down, and HAProxy with it. Sent to its whole
+    process group, it also stopped the Ray workers at once, before they could stop the HAProxy they
+    started (which runs in a session of its own), and that HAProxy kept its ports. Whatever of the group
+    is left after the server exits is killed.
+    """
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -183,12 +189,14 @@ def running(command: list[str], base: str, log: Path) -> Iterator[subprocess.Pop
             yield process
         finally:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)
+                process.send_signal(signal.SIGINT)
                 try:
                     process.wait(timeout=60)
                 except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+                    process.kill()
                     process.wait()
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def measure(
