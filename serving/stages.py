@@ -83,8 +83,9 @@ class Candidates:
 
     def top(self, k: int) -> Candidates:
         """The first `k` items."""
+        details = self._cut_details(slice(k))
         return Candidates(
-            self.item_ids[:k], self.scores[:k], self.model_version, self.fallback_reason, self._rows(slice(k))
+            self.item_ids[:k], self.scores[:k], self.model_version, self.fallback_reason, details
         )
 
     def with_details(self, **details: Any) -> Candidates:
@@ -102,10 +103,10 @@ class Candidates:
             [self.scores[j] for j in keep],
             self.model_version,
             self.fallback_reason,
-            self._rows(keep),
+            self._cut_details(keep),
         )
 
-    def _rows(self, kept: slice | list[int]) -> Mapping[str, Any]:
+    def _cut_details(self, kept: slice | list[int]) -> Mapping[str, Any]:
         """The details, with the catalogue rows (when retrieval put them there) cut as the ids are."""
         rows = self.details.get(CATALOG_ROWS_DETAIL)
         if rows is None:
